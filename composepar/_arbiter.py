@@ -1,0 +1,357 @@
+"""The machine-wide arbiter of thread tokens.
+
+Every cooperating process of a user maps one shared-memory segment per
+*domain* (``/dev/shm/composepar-<uid>-<domain>``, mode 0600). The segment
+holds ``capacity`` tokens (by default the CPUs this process may use); a
+token is the right to run one busy thread::
+
+      process A (pool worker)          process B (another program)
+      thread 1: lease  own + 2 extra   thread 1: lease  own + 0 extra
+      thread 2: acquire(2) -> 2        thread 2: acquire(1) ... waiting
+                   \\                        /
+                    +---- segment: capacity 8 ----+
+                    | free 1 | A holds 5 | B holds 1 | B waits for 1
+                    +-----------------------------+
+      invariant: tokens_free + sum(held) == capacity, held never > capacity
+
+Two ways to hold tokens:
+
+* **Leases** (``Arbiter.lease``) are for threads that are already running a
+  task. Opening one never blocks: it takes the thread's own token if one is
+  free, else runs *overdrawn* (shown in ``stats()``), and borrows extra
+  tokens for inner native threads (BLAS, OpenMP) from free capacity only.
+  ``Lease.refresh()`` re-applies the policy while the task runs.
+* **Explicit acquisition** (``Arbiter.acquire``) is for code that wants to
+  wait for threads: it grants between ``min_tokens`` and ``max_tokens``,
+  sleeping on a futex (no spinning) until ``min_tokens`` are free.
+
+Fair share. A *claimant* is an open lease, a thread blocked in ``acquire``,
+or a process's explicit holding. With ``share = max(1, capacity //
+claimants)``, no claimant is raised above its share while another process
+is below its share and asks for tokens it did not get; tokens nobody asks
+for go to whoever asks (work conserving). ``refresh()`` gives back what is
+above the share when someone below it wants more, and picks up what
+finished holders freed::
+
+      capacity 8     A wants 8 extra, B wants 8 extra
+      A alone        A ########           share 8
+      B opens        A ########  B .      B overdrawn, asks for 8
+      A refreshes    A ####      B .      A gives back down to share 4
+      B refreshes    A ####      B ####   B takes its share
+      A closes                   B ####   4 free
+      B refreshes                B ########
+
+Crash safety. Each process owns a slot holding its pid and start time and
+an fcntl lock the kernel drops when it dies. When a request finds fewer free
+tokens than its minimum, and every 100 ms while ``acquire`` waits, slots of
+dead processes (killed, ``os._exit``, segfault, zombie) are reaped and their
+tokens returned; a reused pid is told apart by its start time. Nothing
+depends on ``atexit``.
+
+Fork. A child starts with nothing held and registers its own slot on first
+use; leases opened in the parent are inert in the child.
+"""
+
+import atexit
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from . import _config
+from ._cpus import usable_cpus
+from ._errors import CapacityMismatchError, WouldBlock
+from ._native import _arbiter as _native
+
+__all__ = ["Arbiter", "Lease", "ArbiterStats", "ProcessStats"]
+
+# One native handle per segment path in this process: the slot (and the
+# explicit tokens it holds) belongs to the process, not to an Arbiter object.
+_handles = {}
+_handles_lock = threading.Lock()  # guards _handles; re-created in fork children
+
+
+def _reset_after_fork():
+    global _handles_lock
+    _handles_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _command_label():
+    """What `status` shows for this process: the script's name if there is one."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if argv0 in ("", "-c", "-m", "-"):
+        argv0 = os.path.basename(sys.executable or "python")
+    return os.path.basename(argv0)[:15]
+
+
+def _native_handle(path, capacity):
+    with _handles_lock:
+        handle = _handles.get(path)
+        if handle is None:
+            handle = _native.Arbiter(path, capacity or 0, usable_cpus(), _command_label())
+            _handles[path] = handle
+            return handle
+    if capacity is not None and capacity != handle.capacity:
+        raise CapacityMismatchError(
+            f"the arbiter in {path} has capacity {handle.capacity}, not the {capacity} asked for; drop the "
+            f"capacity argument (or COMPOSEPAR_CAPACITY) to use it as it is, or use another domain"
+        )
+    return handle
+
+
+def _forget_handle(path):
+    with _handles_lock:
+        handle = _handles.pop(path, None)
+    if handle is not None:
+        handle.detach()
+
+
+@atexit.register
+def _detach_all():
+    # Hygiene only: a process that skips this (SIGKILL) is reaped by others.
+    with _handles_lock:
+        handles = list(_handles.values())
+    for handle in handles:
+        try:
+            handle.detach()
+        except Exception:  # noqa: BLE001 - the interpreter is going away; others will reap the slot
+            pass
+
+
+@dataclass(frozen=True)
+class ProcessStats:
+    """One attached process, as ``Arbiter.stats()`` saw it."""
+
+    pid: int
+    command: str
+    threads_active: int  # open leases: threads running a task
+    leases_overdrawn: int  # of those, running without their own token
+    tokens_held: int  # every token the process holds
+    tokens_explicit: int  # the part taken by acquire()
+    tokens_wanted: int  # demand not granted (leases and blocked waiters)
+    waiters: int  # threads blocked in acquire()
+    tokens_waited: int  # sum of min_tokens those waiters wait for
+
+    @property
+    def tokens_extra(self):
+        """Tokens held beyond each running lease's own one (extras and explicit)."""
+        return self.tokens_held - (self.threads_active - self.leases_overdrawn)
+
+
+@dataclass(frozen=True)
+class ArbiterStats:
+    """A consistent snapshot of one domain's segment."""
+
+    domain: str
+    path: str
+    capacity: int
+    tokens_free: int
+    claimants: int  # leases + blocked waiters + processes holding explicit tokens
+    tokens_reclaimed: int  # tokens ever taken back from dead processes
+    processes_reaped: int  # dead processes whose slot was recycled, ever
+    processes: Tuple[ProcessStats, ...]
+
+    @property
+    def tokens_held(self):
+        return self.capacity - self.tokens_free
+
+    @property
+    def leases_overdrawn(self):
+        return sum(p.leases_overdrawn for p in self.processes)
+
+    def process(self, pid):
+        """The line of process `pid`, or None if it is not attached."""
+        return next((p for p in self.processes if p.pid == pid), None)
+
+
+class Lease:
+    """A running thread's claim: its own token plus extras for inner threads.
+
+    Use as a context manager, or call ``close()``. ``threads`` is what the
+    thread's native pools may use now (at least 1, even when overdrawn).
+    """
+
+    __slots__ = ("_native",)
+
+    def __init__(self, native_lease):
+        self._native = native_lease  # composepar._native._arbiter.Lease
+
+    @property
+    def own_token(self) -> bool:
+        """False when the lease runs overdrawn (no token was free when it opened)."""
+        return bool(self._native.own_token)
+
+    @property
+    def tokens_extra(self) -> int:
+        return self._native.tokens_extra
+
+    @property
+    def extra_wanted(self) -> int:
+        return self._native.extra_wanted
+
+    @property
+    def threads(self) -> int:
+        return 1 + self._native.tokens_extra
+
+    @property
+    def closed(self) -> bool:
+        return not self._native.is_open
+
+    def refresh(self, extra_wanted=None) -> int:
+        """Re-applies the fair-share policy; returns the new ``threads``.
+
+        ``extra_wanted`` changes the ask (default: keep it). The lease may
+        grow into free capacity or give back extras above its share.
+        """
+        if extra_wanted is None:
+            extra_wanted = self._native.extra_wanted
+        elif isinstance(extra_wanted, bool) or not isinstance(extra_wanted, int) or extra_wanted < 0:
+            raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
+        return 1 + self._native.refresh(extra_wanted)
+
+    def close(self) -> None:
+        """Gives every token back. Closing twice is harmless."""
+        self._native.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"threads={self.threads}, own_token={self.own_token}"
+        return f"<composepar.Lease {state}>"
+
+
+class Arbiter:
+    """A handle on the token budget of one domain on this machine.
+
+    Parameters
+    ----------
+    domain : str, optional
+        Which budget: processes share tokens only within a domain. Default
+        ``$COMPOSEPAR_DOMAIN`` or ``"default"``.
+    capacity : int, optional
+        Tokens in the budget. Default ``$COMPOSEPAR_CAPACITY`` or the CPUs
+        this process may use (affinity and cgroup quota). Asking for a
+        capacity that differs from the existing segment's raises
+        ``CapacityMismatchError``; leaving it out attaches to any.
+    """
+
+    __slots__ = ("_domain", "_handle")
+
+    def __init__(self, domain: Optional[str] = None, capacity: Optional[int] = None):
+        self._domain = _config.resolve_domain(domain)
+        self._handle = _native_handle(_config.segment_path(self._domain), _config.resolve_capacity(capacity))
+
+    # -- identity ---------------------------------------------------------
+    @property
+    def domain(self) -> str:
+        return self._domain
+
+    @property
+    def path(self) -> str:
+        return self._handle.path
+
+    @property
+    def capacity(self) -> int:
+        return self._handle.capacity
+
+    @property
+    def tokens_held(self) -> int:
+        """Explicit tokens this process holds (from ``acquire``)."""
+        return self._handle.tokens_explicit()
+
+    # -- explicit tokens --------------------------------------------------
+    def acquire(self, max_tokens: int, *, min_tokens: int = 1, timeout: Optional[float] = None) -> int:
+        """Waits until at least ``min_tokens`` can be granted; returns the count granted.
+
+        Grants up to ``max_tokens`` within the fair share. Raises
+        ``TimeoutError`` after ``timeout`` seconds (None: wait forever).
+        The wait sleeps on a futex and lets KeyboardInterrupt through.
+        """
+        self._check_request(max_tokens, min_tokens)
+        if timeout is None:
+            timeout_ns = -1
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+            raise ValueError(f"timeout must be None or a number of seconds >= 0; got {timeout!r} instead")
+        else:
+            timeout_ns = int(timeout * 1e9)
+        granted = self._handle.acquire(min_tokens, max_tokens, timeout_ns)
+        if granted == 0:
+            raise TimeoutError(
+                f"could not get {min_tokens} of {self.capacity} tokens in domain {self._domain!r} within "
+                f"{timeout} s; `python -m composepar status --domain {self._domain}` shows who holds them"
+            )
+        return granted
+
+    def acquire_nowait(self, max_tokens: int, *, min_tokens: int = 1) -> int:
+        """Like ``acquire`` but raises ``WouldBlock`` instead of waiting."""
+        self._check_request(max_tokens, min_tokens)
+        granted = self._handle.acquire_nowait(min_tokens, max_tokens)
+        if granted == 0:
+            raise WouldBlock(f"fewer than {min_tokens} tokens free in domain {self._domain!r}")
+        return granted
+
+    def release(self, n: int) -> None:
+        """Gives back ``n`` tokens taken with ``acquire``; more than held is a ValueError."""
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int; got {n!r} instead")
+        if n < 0:
+            raise ValueError(f"n must be >= 0; got {n!r} instead")
+        self._handle.release(n)
+
+    def _check_request(self, max_tokens, min_tokens):
+        _config.check_positive_int(max_tokens, "max_tokens")
+        _config.check_positive_int(min_tokens, "min_tokens")
+        if min_tokens > max_tokens:
+            raise ValueError(f"min_tokens must be <= max_tokens ({max_tokens}); got {min_tokens!r} instead")
+        if min_tokens > self.capacity:
+            raise ValueError(
+                f"min_tokens must be <= the capacity ({self.capacity}) or it can never be granted; "
+                f"got {min_tokens!r} instead"
+            )
+
+    # -- leases -----------------------------------------------------------
+    def lease(self, extra_wanted: Optional[int] = None) -> Lease:
+        """Opens a lease for the calling thread; never blocks.
+
+        ``extra_wanted``: extra tokens to ask for beyond the thread's own
+        (default: capacity - 1, i.e. as many as the policy gives).
+        """
+        if extra_wanted is None:
+            extra_wanted = self.capacity - 1
+        elif isinstance(extra_wanted, bool) or not isinstance(extra_wanted, int) or extra_wanted < 0:
+            raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
+        return Lease(self._handle.open_lease(extra_wanted))
+
+    # -- observation ------------------------------------------------------
+    def stats(self) -> ArbiterStats:
+        """A consistent snapshot; dead processes are reaped first."""
+        capacity, free, claimants, reclaimed, reaped, processes = self._handle.stats()
+        return ArbiterStats(
+            domain=self._domain,
+            path=self.path,
+            capacity=capacity,
+            tokens_free=free,
+            claimants=claimants,
+            tokens_reclaimed=reclaimed,
+            processes_reaped=reaped,
+            processes=tuple(ProcessStats(*p) for p in processes),
+        )
+
+    def invariant_violations(self) -> str:
+        """Empty when ``tokens_free + sum(held) == capacity`` and every total matches its slots."""
+        return self._handle.check_invariants()
+
+    def reap(self) -> int:
+        """Returns the tokens of dead processes now; the number of processes reaped."""
+        return self._handle.reap()
+
+    def __repr__(self):
+        return f"<composepar.Arbiter domain={self._domain!r} capacity={self.capacity}>"

@@ -1,0 +1,71 @@
+"""Reading composepar's arguments and COMPOSEPAR_* environment variables.
+
+Every value that enters from a user goes through one function here, which
+either returns a clean value or raises with the name, the rule and what was
+received.
+"""
+
+import os
+import re
+
+from ._native import _arbiter as _native
+
+__all__ = ["resolve_domain", "resolve_capacity", "segment_path", "check_positive_int"]
+
+DEFAULT_DOMAIN = "default"
+SHM_DIRECTORY = "/dev/shm"
+_DOMAIN_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def check_domain(domain, source="domain"):
+    if not isinstance(domain, str):
+        raise TypeError(f"{source} must be a str; got {domain!r} instead")
+    if not _DOMAIN_PATTERN.match(domain):
+        raise ValueError(
+            f"{source} must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit (it becomes part of a file name in {SHM_DIRECTORY}); got {domain!r} instead"
+        )
+    return domain
+
+
+def resolve_domain(domain=None):
+    """The domain to use: the argument, else $COMPOSEPAR_DOMAIN, else "default"."""
+    if domain is not None:
+        return check_domain(domain)
+    from_env = os.environ.get("COMPOSEPAR_DOMAIN")
+    if from_env:
+        return check_domain(from_env, "COMPOSEPAR_DOMAIN")
+    return DEFAULT_DOMAIN
+
+
+def check_positive_int(value, name, maximum=None):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {value!r} instead")
+    if value < 1 or (maximum is not None and value > maximum):
+        rule = f"between 1 and {maximum}" if maximum is not None else "at least 1"
+        raise ValueError(f"{name} must be {rule}; got {value!r} instead")
+    return value
+
+
+def resolve_capacity(capacity=None):
+    """The capacity asked for explicitly (argument, else $COMPOSEPAR_CAPACITY), or None."""
+    if capacity is not None:
+        return check_positive_int(capacity, "capacity", _native.MAX_CAPACITY)
+    from_env = os.environ.get("COMPOSEPAR_CAPACITY")
+    if from_env:
+        try:
+            value = int(from_env)
+        except ValueError:
+            value = None
+        if value is None or not 1 <= value <= _native.MAX_CAPACITY:
+            raise ValueError(
+                f"COMPOSEPAR_CAPACITY must be an integer between 1 and {_native.MAX_CAPACITY}; "
+                f"got {from_env!r} instead (unset it to use the usable CPUs)"
+            )
+        return value
+    return None
+
+
+def segment_path(domain):
+    """/dev/shm/composepar-<uid>-<domain>: one segment per user and domain."""
+    return f"{SHM_DIRECTORY}/composepar-{os.geteuid()}-{domain}"

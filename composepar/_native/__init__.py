@@ -1,0 +1,1 @@
+"""composepar's compiled core (private). Built by CMake from the sources beside this file."""

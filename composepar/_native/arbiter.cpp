@@ -1,0 +1,742 @@
+// The arbiter's policy and its crash safety.
+//
+// Tokens and claimants
+// --------------------
+// A token is the right to run one busy thread. A *claimant* is something
+// that competes for tokens: an open lease (one thread running a task), a
+// thread blocked in acquire(), or a process's explicit holding as a whole.
+//
+//     claimants(slot) = threads_active + waiters + (tokens_explicit > 0)
+//     fair share      = max(1, capacity / claimants_total)
+//
+// Policy, applied under the mutex at every open, refresh and acquisition:
+//   * A lease takes its thread's own token if one is free, else runs
+//     overdrawn (it never blocks: the thread is already running).
+//   * Extras come only from free tokens. A claimant is raised above the
+//     fair share only while no *other* process is below its share
+//     (held < claimants * share) with demand it was not granted
+//     (tokens_wanted > 0): capacity nobody asks for goes to whoever asks.
+//   * refresh() gives extras above the share back when such a process
+//     exists, and grows extras when tokens are free: running holders pick
+//     up what finished ones freed.
+//   * acquire(min, max) grants min..max at once or waits on a futex; min
+//     is always honoured when min tokens are free, even above the share.
+//
+//     capacity 8, two processes, A opened first and wants 8, B wants 8:
+//
+//     A alone        A: ######## (share 8)       B: -
+//     B opens        A: ######## (8 > share 4)   B: . (overdrawn, wants 8)
+//     A refreshes    A: ####     (gave back 4)   B: .  (4 free)
+//     B refreshes    A: ####                     B: #### (share 4)
+//     A closes       A: -                        B: #### (4 free)
+//     B refreshes                                B: ######## (share 8)
+//
+// Crash safety
+// ------------
+// Each slot records the owner's pid and start time and the owner holds an
+// fcntl lock on byte kSlotLockBase + index of the segment file (released by
+// the kernel when the process dies, never inherited by fork children). A
+// slot is dead when its lock is free AND /proc no longer shows a living
+// process with that pid and start time (a zombie counts as dead). Dead
+// slots are reaped, their tokens returned, whenever a request finds fewer
+// free tokens than its minimum, and every 100 ms by blocked waiters.
+// A process that dies holding the mutex leaves it EOWNERDEAD: the next
+// locker recomputes the header's totals from the slots, the source of truth.
+#include "arbiter.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <new>
+#include <stdexcept>
+
+namespace composepar {
+
+namespace {
+
+// Bumped in every forked child, so an Arbiter notices it now lives in a
+// new process and registers a slot of its own before touching tokens.
+std::atomic<std::uint64_t> g_fork_generation{0};
+// Source of lease epochs: each slot registration in this process gets a new one.
+std::atomic<std::uint64_t> g_registrations{0};
+std::once_flag g_atfork_once;
+
+void on_fork_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
+
+constexpr std::int64_t kWaitSliceNs = 100'000'000;  // blocked waiters reap and check interrupts this often
+
+std::uint32_t sub_sat(std::uint32_t a, std::uint32_t b) { return a > b ? a - b : 0; }
+
+std::uint32_t claimants(const Slot& s) {
+    return s.threads_active + s.waiters + (s.tokens_explicit > 0 ? 1u : 0u);
+}
+
+std::uint32_t lease_wanted(const LeaseState& st) {
+    return (1 - st.own_token) + sub_sat(st.extra_wanted, st.tokens_extra);
+}
+
+std::string removal_hint(const std::string& path) {
+    return " Remove it with `rm " + path +
+           "` (or `python -m composepar cleanup --force --domain DOMAIN`) once no process uses it.";
+}
+
+struct flock byte_lock(short type, std::uint32_t index) {
+    struct flock fl;
+    std::memset(&fl, 0, sizeof fl);
+    fl.l_type = type;
+    fl.l_whence = SEEK_SET;
+    fl.l_start = kSlotLockBase + index;
+    fl.l_len = 1;
+    return fl;
+}
+
+}  // namespace
+
+// Holds the segment mutex; repairs the totals if its last owner died.
+// unlock() may be called early and lock() again (blocked waiters do).
+class Arbiter::Guard {
+public:
+    explicit Guard(Arbiter& arbiter) : m_arbiter(arbiter) { lock(); }
+    ~Guard() {
+        if (m_locked) unlock();
+    }
+    Guard(const Guard&) = delete;
+    Guard& operator=(const Guard&) = delete;
+
+    void lock() {
+        pthread_mutex_t* mutex = &m_arbiter.m_segment->header.mutex;
+        int rc = pthread_mutex_lock(mutex);
+        if (rc == EOWNERDEAD) {
+            m_arbiter.repair_after_owner_death();
+            pthread_mutex_consistent(mutex);
+        } else if (rc == ENOTRECOVERABLE) {
+            throw SegmentError("arbiter segment " + m_arbiter.m_path +
+                               " is unusable: a process died holding its lock and it was not repaired." +
+                               removal_hint(m_arbiter.m_path));
+        } else if (rc != 0) {
+            throw SystemError(rc, "lock the arbiter mutex in " + m_arbiter.m_path);
+        }
+        m_locked = true;
+    }
+
+    void unlock() {
+        m_locked = false;
+        pthread_mutex_unlock(&m_arbiter.m_segment->header.mutex);
+        if (m_wake_pending) {
+            m_wake_pending = false;
+            futex_wake_all_shared(reinterpret_cast<std::uint32_t*>(&m_arbiter.m_segment->header.wake_seq));
+        }
+    }
+
+    // Called under the mutex after tokens were freed: sleepers are woken
+    // once the mutex is released, so they do not wake into a held lock.
+    void wake_waiters_on_unlock() {
+        Header& h = m_arbiter.m_segment->header;
+        if (h.waiters_total == 0) return;
+        // Ordered by the mutex for waiters that read it under the mutex;
+        // the kernel compares the word atomically for a waiter between its
+        // unlock and its FUTEX_WAIT.
+        h.wake_seq.fetch_add(1, std::memory_order_relaxed);
+        m_wake_pending = true;
+    }
+
+private:
+    Arbiter& m_arbiter;
+    bool m_locked = false;        // this guard holds the mutex
+    bool m_wake_pending = false;  // futex wake owed after unlock
+};
+
+// Applies a change to one slot and carries its effect into the header's
+// cached totals, so `tokens_free + sum(held) == capacity` and the other
+// sums hold after every edit.
+struct Arbiter::Edit {
+    template <class Change>
+    static void apply(Header& h, Slot& s, Change&& change) {
+        const std::uint32_t held = s.tokens_held, claim = claimants(s), wanted = s.tokens_wanted,
+                            waiters = s.waiters;
+        change(s);
+        h.tokens_free = h.tokens_free + held - s.tokens_held;
+        h.claimants_total = h.claimants_total + claimants(s) - claim;
+        h.wanted_total = h.wanted_total + s.tokens_wanted - wanted;
+        h.waiters_total = h.waiters_total + s.waiters - waiters;
+    }
+};
+
+Arbiter::Arbiter(std::string path, std::uint32_t capacity, std::uint32_t default_capacity,
+                 std::string command)
+    : m_path(std::move(path)), m_command(std::move(command)) {
+    std::call_once(g_atfork_once, [] { pthread_atfork(nullptr, nullptr, on_fork_child); });
+    if (capacity > kMaxCapacity || default_capacity == 0 || default_capacity > kMaxCapacity)
+        throw std::invalid_argument("capacity must be between 1 and " + std::to_string(kMaxCapacity));
+    open_or_create(capacity, default_capacity);
+}
+
+Arbiter::~Arbiter() {
+    try {
+        detach();
+    } catch (...) {
+        // The process is letting go of the segment; nothing useful to report.
+    }
+}
+
+// ---------------------------------------------------------------- opening
+
+void Arbiter::open_or_create(std::uint32_t capacity, std::uint32_t default_capacity) {
+    // Retries cover two races: another process creating the file between
+    // our open and our link, and `cleanup` retiring the one we opened.
+    for (int attempt = 0; attempt < 100; ++attempt) {
+        if (try_open_existing(capacity)) return;
+        create(capacity != 0 ? capacity : default_capacity);
+        if (try_open_existing(capacity)) return;
+    }
+    throw SegmentError("could not attach to " + m_path +
+                       ": it kept disappearing (is a cleanup loop running?)");
+}
+
+bool Arbiter::try_open_existing(std::uint32_t capacity) {
+    FileDescriptor fd(::open(m_path.c_str(), O_RDWR | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) {
+        if (errno == ENOENT) return false;
+        if (errno == ELOOP)
+            throw SegmentError("arbiter segment " + m_path + " is a symbolic link; refusing to follow it." +
+                               removal_hint(m_path));
+        throw SystemError(errno, "open " + m_path);
+    }
+    validate(fd.get(), m_path);
+    SharedMapping mapping(fd.get(), sizeof(Segment), m_path);
+    auto* segment = static_cast<Segment*>(mapping.data());
+    const Header& h = segment->header;
+    // Pairs with the creator's release store of magic: every field written
+    // before it is visible once we see kMagic.
+    if (h.magic.load(std::memory_order_acquire) != kMagic)
+        throw SegmentError("arbiter segment " + m_path + " is not a composepar segment (bad magic)." +
+                           removal_hint(m_path));
+    if (h.abi_version != kAbiVersion)
+        throw SegmentError("arbiter segment " + m_path + " has layout version " +
+                           std::to_string(h.abi_version) + " but this composepar uses version " +
+                           std::to_string(kAbiVersion) + ": it was made by another composepar release." +
+                           removal_hint(m_path));
+    if (h.header_bytes != sizeof(Header) || h.segment_bytes != sizeof(Segment) || h.slot_count != kSlotCount ||
+        h.capacity == 0 || h.capacity > kMaxCapacity || h.owner_uid != ::geteuid())
+        throw SegmentError("arbiter segment " + m_path + " has a corrupt header." + removal_hint(m_path));
+    m_fd = std::move(fd);
+    m_mapping = std::move(mapping);
+    m_segment = segment;
+    {
+        Guard guard(*this);
+        if (m_segment->header.retired) {
+            guard.unlock();
+            m_segment = nullptr;
+            m_mapping = SharedMapping();
+            m_fd = FileDescriptor();
+            return false;
+        }
+    }
+    if (capacity != 0 && capacity != m_segment->header.capacity)
+        throw CapacityMismatch("the arbiter in " + m_path + " has capacity " +
+                               std::to_string(m_segment->header.capacity) + ", not the " +
+                               std::to_string(capacity) +
+                               " asked for; drop the capacity argument (or COMPOSEPAR_CAPACITY) to use it "
+                               "as it is, use another domain, or remove it with `python -m composepar "
+                               "cleanup` once no process uses it");
+    return true;
+}
+
+void Arbiter::validate(int fd, const std::string& path) {
+    struct stat st;
+    if (::fstat(fd, &st) != 0) throw SystemError(errno, "fstat " + path);
+    if (!S_ISREG(st.st_mode))
+        throw SegmentError("arbiter segment " + path + " is not a regular file." + removal_hint(path));
+    if (st.st_uid != ::geteuid())
+        throw SegmentError("arbiter segment " + path + " belongs to uid " + std::to_string(st.st_uid) +
+                           ", not to you (uid " + std::to_string(::geteuid()) +
+                           "): refusing another user's segment. Set another COMPOSEPAR_DOMAIN, or ask its "
+                           "owner to remove it");
+    if ((st.st_mode & 077) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        throw SegmentError("arbiter segment " + path + " has mode " + mode +
+                           "; it must be 0600 so no other user can read or change your budget." +
+                           removal_hint(path));
+    }
+    if (static_cast<std::uint64_t>(st.st_size) != sizeof(Segment))
+        throw SegmentError("arbiter segment " + path + " is " + std::to_string(st.st_size) +
+                           " bytes, not the " + std::to_string(sizeof(Segment)) +
+                           " this composepar expects: it is truncated, corrupt or from another release." +
+                           removal_hint(path));
+}
+
+void Arbiter::create(std::uint32_t capacity) {
+    // Build the segment in an unnamed file and link it into place only when
+    // it is complete: a file visible at m_path is always initialised.
+    std::string directory = m_path.substr(0, m_path.rfind('/'));
+    FileDescriptor fd(::open(directory.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+    if (!fd) throw SystemError(errno, "create an unnamed file in " + directory);
+    if (::fchmod(fd.get(), 0600) != 0) throw SystemError(errno, "fchmod 0600 a new segment in " + directory);
+    if (::ftruncate(fd.get(), sizeof(Segment)) != 0) throw SystemError(errno, "size a new segment in " + directory);
+    SharedMapping mapping(fd.get(), sizeof(Segment), m_path);
+    auto* segment = static_cast<Segment*>(mapping.data());  // zero-filled by ftruncate
+    Header& h = segment->header;
+    h.abi_version = kAbiVersion;
+    h.header_bytes = sizeof(Header);
+    h.segment_bytes = sizeof(Segment);
+    h.capacity = capacity;
+    h.slot_count = kSlotCount;
+    h.owner_uid = ::geteuid();
+    h.tokens_free = capacity;
+    pthread_mutexattr_t attr;
+    pthread_mutexattr_init(&attr);
+    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    int rc = pthread_mutex_init(&h.mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    if (rc != 0) throw SystemError(rc, "initialise the arbiter mutex for " + m_path);
+    // Publishes every field above to attachers' acquire load of magic.
+    h.magic.store(kMagic, std::memory_order_release);
+
+    std::string fd_path = "/proc/self/fd/" + std::to_string(fd.get());
+    if (::linkat(AT_FDCWD, fd_path.c_str(), AT_FDCWD, m_path.c_str(), AT_SYMLINK_FOLLOW) != 0) {
+        if (errno == EEXIST) return;  // another process won the race; ours vanishes with fd
+        throw SystemError(errno, "link a new arbiter segment at " + m_path);
+    }
+}
+
+// ---------------------------------------------------------------- slots
+
+void Arbiter::ensure_registered(Guard& guard) {
+    if (m_slot == kSlotCount || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
+        register_slot(guard);
+        return;
+    }
+    const Slot& s = m_segment->slots[m_slot];
+    if (s.owner_pid != m_pid || s.owner_start_time != m_start_time)
+        throw SlotLost("this process's slot in " + m_path +
+                       " was given to another process while it was alive; was the segment's file "
+                       "descriptor closed behind composepar's back? Restart the process");
+}
+
+void Arbiter::register_slot(Guard& guard) {
+    Header& h = m_segment->header;
+    const int pid = static_cast<int>(::getpid());
+    const ProcessFacts self = read_process_facts(pid);
+    for (int pass = 0; pass < 2; ++pass) {
+        const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+        std::uint32_t index = kSlotCount;
+        for (std::uint32_t i = 0; i < used && index == kSlotCount; ++i)
+            if (m_segment->slots[i].owner_pid == 0) index = i;
+        if (index == kSlotCount && used < kSlotCount) index = used;
+        if (index != kSlotCount) {
+            struct flock fl = byte_lock(F_WRLCK, index);
+            if (::fcntl(m_fd.get(), F_SETLK, &fl) != 0)
+                throw SystemError(errno, "lock slot " + std::to_string(index) + " of " + m_path);
+            if (index == used) h.slots_used = used + 1;
+            Slot& s = m_segment->slots[index];
+            Edit::apply(h, s, [](Slot& fresh) {
+                const Slot zero{};
+                fresh = zero;
+            });
+            s.owner_start_time = self.start_time;
+            std::strncpy(s.command, m_command.c_str(), sizeof s.command - 1);
+            s.owner_pid = pid;
+            m_slot = index;
+            m_pid = pid;
+            m_start_time = self.start_time;
+            m_fork_generation = g_fork_generation.load(std::memory_order_relaxed);
+            m_epoch = g_registrations.fetch_add(1, std::memory_order_relaxed) + 1;
+            return;
+        }
+        bool freed = false;
+        reap_locked(freed);
+        if (freed) guard.wake_waiters_on_unlock();
+    }
+    throw std::runtime_error("all " + std::to_string(kSlotCount) + " process slots of " + m_path +
+                             " are held by live processes; composepar supports that many attached processes "
+                             "per domain: split them over several COMPOSEPAR_DOMAIN values");
+}
+
+Slot& Arbiter::own_slot(Guard& guard) {
+    ensure_registered(guard);
+    return m_segment->slots[m_slot];
+}
+
+bool Arbiter::slot_is_alive(std::uint32_t index) const {
+    const Slot& s = m_segment->slots[index];
+    if (s.owner_pid <= 0) return false;
+    if (index == m_slot && s.owner_pid == m_pid) return true;
+    // Fast path: the kernel holds the owner's byte lock until it dies.
+    struct flock fl = byte_lock(F_WRLCK, index);
+    if (::fcntl(m_fd.get(), F_GETLK, &fl) != 0) throw SystemError(errno, "test slot lock in " + m_path);
+    if (fl.l_type != F_UNLCK) return true;
+    // No lock: dead, unless /proc still shows the same process (its lock
+    // may have gone with a descriptor someone closed, or it is this
+    // process through a second handle, whose locks F_GETLK does not report).
+    const ProcessFacts facts = read_process_facts(s.owner_pid);
+    return facts.exists && !facts.zombie && facts.start_time == s.owner_start_time;
+}
+
+std::uint32_t Arbiter::reap_locked(bool& freed_tokens) {
+    Header& h = m_segment->header;
+    std::uint32_t reaped = 0;
+    const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+    for (std::uint32_t i = 0; i < used; ++i) {
+        Slot& s = m_segment->slots[i];
+        if (s.owner_pid == 0 || slot_is_alive(i)) continue;
+        if (s.tokens_held > 0) freed_tokens = true;
+        h.tokens_reclaimed += s.tokens_held;
+        h.processes_reaped += 1;
+        Edit::apply(h, s, [](Slot& dead) {
+            const Slot zero{};
+            dead = zero;  // owner_pid = 0: free for the next process
+        });
+        ++reaped;
+    }
+    return reaped;
+}
+
+void Arbiter::repair_after_owner_death() {
+    // Called with the mutex held in state EOWNERDEAD: a process died inside
+    // a critical section. Slots are the truth; recompute the caches.
+    Header& h = m_segment->header;
+    h.slots_used = std::min(h.slots_used, kSlotCount);
+    std::uint64_t held = 0;
+    std::uint32_t claim = 0, wanted = 0, waiters = 0;
+    for (std::uint32_t i = 0; i < h.slots_used; ++i) {
+        const Slot& s = m_segment->slots[i];
+        if (s.owner_pid == 0) continue;
+        held += s.tokens_held;
+        claim += claimants(s);
+        wanted += s.tokens_wanted;
+        waiters += s.waiters;
+    }
+    h.tokens_free = held >= h.capacity ? 0 : h.capacity - static_cast<std::uint32_t>(held);
+    h.claimants_total = claim;
+    h.wanted_total = wanted;
+    h.waiters_total = waiters;
+}
+
+// ---------------------------------------------------------------- policy
+
+std::uint32_t Arbiter::fair_share() const {
+    const Header& h = m_segment->header;
+    return std::max<std::uint32_t>(1, h.capacity / std::max<std::uint32_t>(1, h.claimants_total));
+}
+
+bool Arbiter::another_is_below_share_and_wanting(std::uint32_t self_index) const {
+    const Header& h = m_segment->header;
+    const std::uint32_t own_wanted = self_index < kSlotCount ? m_segment->slots[self_index].tokens_wanted : 0;
+    if (h.wanted_total <= own_wanted) return false;  // nobody else asks: work conserving
+    const std::uint64_t share = fair_share();
+    const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+    for (std::uint32_t i = 0; i < used; ++i) {
+        const Slot& s = m_segment->slots[i];
+        if (i == self_index || s.owner_pid == 0 || s.tokens_wanted == 0) continue;
+        if (s.tokens_held < share * claimants(s)) return true;
+    }
+    return false;
+}
+
+std::uint32_t Arbiter::grant_cap(std::uint32_t self_index, std::uint32_t held_by_claimant,
+                                 std::uint32_t wanted) const {
+    std::uint32_t grant = std::min(wanted, m_segment->header.tokens_free);
+    if (grant > 0 && another_is_below_share_and_wanting(self_index))
+        grant = std::min(grant, sub_sat(fair_share(), held_by_claimant));
+    return grant;
+}
+
+// ---------------------------------------------------------------- explicit tokens
+
+std::uint32_t Arbiter::try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
+                                          bool& freed_tokens) {
+    Header& h = m_segment->header;
+    if (h.tokens_free < min_tokens) {
+        reap_locked(freed_tokens);
+        if (h.tokens_free < min_tokens) return 0;
+    }
+    Slot& s = own_slot(guard);
+    std::uint32_t grant = grant_cap(m_slot, 0, max_tokens);
+    grant = std::max(grant, min_tokens);  // min is free (checked above) and always honoured
+    Edit::apply(h, s, [grant](Slot& me) {
+        me.tokens_held += grant;
+        me.tokens_explicit += grant;
+    });
+    return grant;
+}
+
+std::uint32_t Arbiter::acquire_nowait(std::uint32_t min_tokens, std::uint32_t max_tokens) {
+    Guard guard(*this);
+    own_slot(guard);
+    bool freed = false;
+    std::uint32_t granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);
+    if (freed) guard.wake_waiters_on_unlock();
+    return granted;
+}
+
+AcquireOutcome Arbiter::acquire(std::uint32_t min_tokens, std::uint32_t max_tokens, std::int64_t timeout_ns,
+                                const InterruptCheck& interrupted, std::uint32_t& granted) {
+    const std::int64_t deadline =
+        timeout_ns < 0 ? std::numeric_limits<std::int64_t>::max() : monotonic_ns() + timeout_ns;
+    Header& h = m_segment->header;
+    Guard guard(*this);
+    own_slot(guard);
+    bool freed = false;
+    granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);
+    if (freed) guard.wake_waiters_on_unlock();
+    if (granted > 0) return AcquireOutcome::granted;
+    if (timeout_ns == 0) return AcquireOutcome::timed_out;
+
+    // Register as a waiter: our demand now caps others at their share.
+    Edit::apply(h, own_slot(guard), [&](Slot& me) {
+        me.waiters += 1;
+        me.tokens_waited += min_tokens;
+        me.tokens_wanted += max_tokens;
+    });
+    AcquireOutcome outcome = AcquireOutcome::timed_out;
+    for (;;) {
+        const std::uint32_t seen = h.wake_seq.load(std::memory_order_relaxed);  // under the mutex
+        guard.unlock();
+        const std::int64_t now = monotonic_ns();
+        const std::int64_t slice = std::min(deadline - now, kWaitSliceNs);
+        if (slice > 0) futex_wait_shared(reinterpret_cast<std::uint32_t*>(&h.wake_seq), seen, slice);
+        const bool stop = interrupted && interrupted();
+        guard.lock();
+        if (stop) {
+            outcome = AcquireOutcome::interrupted;
+            break;
+        }
+        own_slot(guard);
+        freed = false;
+        granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);  // reaps when short
+        if (freed) guard.wake_waiters_on_unlock();
+        if (granted > 0) {
+            outcome = AcquireOutcome::granted;
+            break;
+        }
+        if (monotonic_ns() >= deadline) break;
+    }
+    Edit::apply(h, own_slot(guard), [&](Slot& me) {
+        me.waiters = sub_sat(me.waiters, 1);
+        me.tokens_waited = sub_sat(me.tokens_waited, min_tokens);
+        me.tokens_wanted = sub_sat(me.tokens_wanted, max_tokens);
+    });
+    return outcome;
+}
+
+void Arbiter::release(std::uint32_t n) {
+    Guard guard(*this);
+    Slot& s = own_slot(guard);
+    if (n > s.tokens_explicit)
+        throw std::invalid_argument("cannot release " + std::to_string(n) + " tokens: this process holds " +
+                                    std::to_string(s.tokens_explicit) + " acquired ones");
+    Edit::apply(m_segment->header, s, [n](Slot& me) {
+        me.tokens_held -= n;
+        me.tokens_explicit -= n;
+    });
+    if (n > 0) guard.wake_waiters_on_unlock();
+}
+
+std::uint32_t Arbiter::tokens_explicit() {
+    Guard guard(*this);
+    if (m_slot == kSlotCount || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed))
+        return 0;
+    return own_slot(guard).tokens_explicit;
+}
+
+// ---------------------------------------------------------------- leases
+
+std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, LeaseState& state) {
+    Header& h = m_segment->header;
+    Guard guard(*this);
+    Slot& s = own_slot(guard);
+    bool freed = false;
+    if (h.tokens_free == 0) reap_locked(freed);  // too few for the thread's own token
+    if (freed) guard.wake_waiters_on_unlock();
+    state.own_token = h.tokens_free > 0 ? 1 : 0;
+    state.tokens_extra = 0;
+    state.extra_wanted = extra_wanted;
+    Edit::apply(h, s, [&](Slot& me) {
+        me.threads_active += 1;
+        me.tokens_held += state.own_token;
+        me.leases_overdrawn += 1 - state.own_token;
+    });
+    // The share now counts this lease as a claimant.
+    const std::uint32_t extra = state.own_token ? grant_cap(m_slot, 1, extra_wanted) : 0;
+    Edit::apply(h, s, [&](Slot& me) {
+        me.tokens_held += extra;
+        state.tokens_extra = extra;
+        me.tokens_wanted += lease_wanted(state);
+    });
+    return m_epoch;
+}
+
+void Arbiter::commit_lease(Slot& s, const LeaseState& before, const LeaseState& after) {
+    Edit::apply(m_segment->header, s, [&](Slot& me) {
+        me.tokens_held = sub_sat(me.tokens_held + after.own_token + after.tokens_extra,
+                                 before.own_token + before.tokens_extra);
+        me.leases_overdrawn = sub_sat(me.leases_overdrawn + before.own_token, after.own_token);
+        me.tokens_wanted = sub_sat(me.tokens_wanted, lease_wanted(before)) + lease_wanted(after);
+    });
+}
+
+void Arbiter::lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wanted, LeaseState& state) {
+    Header& h = m_segment->header;
+    Guard guard(*this);
+    if (lease_epoch != m_epoch || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
+        state = LeaseState{0, 0, extra_wanted};  // a lease of another process (fork) holds nothing here
+        return;
+    }
+    Slot& s = own_slot(guard);
+    const std::uint32_t held_before = state.own_token + state.tokens_extra;
+    bool freed = false;
+    LeaseState next = state;
+    next.extra_wanted = extra_wanted;
+    if (!next.own_token) {
+        if (h.tokens_free == 0) reap_locked(freed);  // too few for the thread's own token
+        next.own_token = h.tokens_free > 0 ? 1 : 0;
+        commit_lease(s, state, next);
+        state = next;
+    }
+    if (next.own_token) {
+        next.tokens_extra = std::min(next.tokens_extra, extra_wanted);
+        const std::uint32_t share = fair_share();
+        if (1 + next.tokens_extra > share && another_is_below_share_and_wanting(m_slot))
+            next.tokens_extra = share - 1;  // give back what is above the share
+        else
+            next.tokens_extra += grant_cap(m_slot, 1 + next.tokens_extra, extra_wanted - next.tokens_extra);
+    }
+    commit_lease(s, state, next);
+    state = next;
+    if (freed || state.own_token + state.tokens_extra < held_before) guard.wake_waiters_on_unlock();
+}
+
+void Arbiter::lease_close(std::uint64_t lease_epoch, LeaseState& state) {
+    Guard guard(*this);
+    if (lease_epoch != m_epoch || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
+        state = LeaseState{0, 0, 0};  // opened in another process (before a fork) or before detach()
+        return;
+    }
+    Slot& s = own_slot(guard);
+    const std::uint32_t held = state.own_token + state.tokens_extra;
+    const std::uint32_t wanted = lease_wanted(state);
+    const std::uint32_t overdrawn = 1 - state.own_token;
+    Edit::apply(m_segment->header, s, [&](Slot& me) {
+        me.threads_active = sub_sat(me.threads_active, 1);
+        me.leases_overdrawn = sub_sat(me.leases_overdrawn, overdrawn);
+        me.tokens_held = sub_sat(me.tokens_held, held);
+        me.tokens_wanted = sub_sat(me.tokens_wanted, wanted);
+    });
+    state = LeaseState{0, 0, 0};
+    if (held > 0) guard.wake_waiters_on_unlock();
+}
+
+// ---------------------------------------------------------------- observation
+
+SegmentStats Arbiter::stats() {
+    Guard guard(*this);
+    bool freed = false;
+    reap_locked(freed);
+    if (freed) guard.wake_waiters_on_unlock();
+    const Header& h = m_segment->header;
+    SegmentStats out{h.capacity, h.tokens_free, h.claimants_total, h.tokens_reclaimed, h.processes_reaped, {}};
+    const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+    for (std::uint32_t i = 0; i < used; ++i) {
+        const Slot& s = m_segment->slots[i];
+        if (s.owner_pid == 0) continue;
+        out.processes.push_back(ProcessStats{s.owner_pid, std::string(s.command, strnlen(s.command, sizeof s.command)),
+                                             s.threads_active, s.leases_overdrawn, s.tokens_held, s.tokens_explicit,
+                                             s.tokens_wanted, s.waiters, s.tokens_waited});
+    }
+    return out;
+}
+
+std::string Arbiter::check_invariants() {
+    Guard guard(*this);
+    const Header& h = m_segment->header;
+    std::uint64_t held = 0, claim = 0, wanted = 0, waiters = 0;
+    std::string problems;
+    const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+    for (std::uint32_t i = 0; i < used; ++i) {
+        const Slot& s = m_segment->slots[i];
+        if (s.owner_pid == 0) {
+            if (s.tokens_held || claimants(s) || s.tokens_wanted)
+                problems += "free slot " + std::to_string(i) + " has counts; ";
+            continue;
+        }
+        held += s.tokens_held;
+        claim += claimants(s);
+        wanted += s.tokens_wanted;
+        waiters += s.waiters;
+        if (s.leases_overdrawn > s.threads_active)
+            problems += "slot " + std::to_string(i) + " has more overdrawn leases than leases; ";
+        if (s.tokens_held < s.tokens_explicit + (s.threads_active - s.leases_overdrawn))
+            problems += "slot " + std::to_string(i) + " holds fewer tokens than its leases and acquisitions; ";
+    }
+    if (h.tokens_free + held != h.capacity)
+        problems += "tokens_free " + std::to_string(h.tokens_free) + " + held " + std::to_string(held) +
+                    " != capacity " + std::to_string(h.capacity) + "; ";
+    if (held > h.capacity) problems += "more tokens out than the capacity; ";
+    if (claim != h.claimants_total) problems += "claimants_total out of date; ";
+    if (wanted != h.wanted_total) problems += "wanted_total out of date; ";
+    if (waiters != h.waiters_total) problems += "waiters_total out of date; ";
+    return problems;
+}
+
+std::uint32_t Arbiter::reap() {
+    Guard guard(*this);
+    bool freed = false;
+    const std::uint32_t reaped = reap_locked(freed);
+    if (freed) guard.wake_waiters_on_unlock();
+    return reaped;
+}
+
+void Arbiter::detach() {
+    if (!m_segment) return;
+    Guard guard(*this);
+    if (m_slot == kSlotCount || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) return;
+    Slot& s = m_segment->slots[m_slot];
+    if (s.owner_pid == m_pid && s.owner_start_time == m_start_time) {
+        const bool held = s.tokens_held > 0;
+        Edit::apply(m_segment->header, s, [](Slot& mine) {
+            const Slot zero{};
+            mine = zero;
+        });
+        if (held) guard.wake_waiters_on_unlock();
+        struct flock fl = byte_lock(F_UNLCK, m_slot);
+        ::fcntl(m_fd.get(), F_SETLK, &fl);  // best effort: the slot is already free
+    }
+    m_slot = kSlotCount;
+}
+
+std::vector<int> Arbiter::retire_and_unlink() {
+    Guard guard(*this);
+    bool freed = false;
+    reap_locked(freed);
+    if (freed) guard.wake_waiters_on_unlock();
+    std::vector<int> live;
+    const Header& h = m_segment->header;
+    const std::uint32_t used = std::min(h.slots_used, kSlotCount);
+    const int self = static_cast<int>(::getpid());
+    for (std::uint32_t i = 0; i < used; ++i) {
+        const int pid = m_segment->slots[i].owner_pid;
+        if (pid != 0 && pid != self) live.push_back(pid);
+    }
+    if (!live.empty()) return live;
+    struct stat by_path, by_fd;
+    if (::stat(m_path.c_str(), &by_path) == 0 && ::fstat(m_fd.get(), &by_fd) == 0 &&
+        by_path.st_ino == by_fd.st_ino && by_path.st_dev == by_fd.st_dev) {
+        m_segment->header.retired = 1;  // attachers that opened it already will retry
+        if (::unlink(m_path.c_str()) != 0 && errno != ENOENT) throw SystemError(errno, "unlink " + m_path);
+    }
+    return live;
+}
+
+std::uint64_t Arbiter::epoch() const noexcept { return m_epoch; }
+
+}  // namespace composepar

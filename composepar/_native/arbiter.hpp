@@ -1,0 +1,157 @@
+// The arbiter: hands out thread tokens from one shared-memory segment to
+// every cooperating process of a user on a machine.
+//
+// Public API first. Policy (fair share, work conservation, reclaiming the
+// tokens of dead processes) is described in arbiter.cpp beside the code
+// that implements it, and in the Python module docstring.
+#pragma once
+
+#include "layout.hpp"
+#include "posix.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace composepar {
+
+// The segment's capacity differs from the one the caller asked for.
+class CapacityMismatch : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// This process's slot was recycled while it was alive (its fd was closed
+// behind our back and /proc no longer recognised it).
+class SlotLost : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+// One attached process's line in stats().
+struct ProcessStats {
+    int pid;
+    std::string command;
+    std::uint32_t threads_active;
+    std::uint32_t leases_overdrawn;
+    std::uint32_t tokens_held;
+    std::uint32_t tokens_explicit;
+    std::uint32_t tokens_wanted;
+    std::uint32_t waiters;
+    std::uint32_t tokens_waited;
+};
+
+struct SegmentStats {
+    std::uint32_t capacity;
+    std::uint32_t tokens_free;
+    std::uint32_t claimants;
+    std::uint64_t tokens_reclaimed;
+    std::uint64_t processes_reaped;
+    std::vector<ProcessStats> processes;
+};
+
+// The result of a lease operation: how the lease stands now.
+struct LeaseState {
+    std::uint32_t own_token;     // 1 if the lease holds its thread's token, 0 if overdrawn
+    std::uint32_t tokens_extra;  // extra tokens held for inner native threads
+    std::uint32_t extra_wanted;  // extras asked for (granted or not)
+};
+
+// Outcome of an explicit acquisition attempt.
+enum class AcquireOutcome { granted, timed_out, interrupted };
+
+// Called about every 100 ms while acquire() blocks; returning true aborts
+// the wait (the binding uses it to let Ctrl-C through).
+using InterruptCheck = std::function<bool()>;
+
+class Arbiter {
+public:
+    // Opens (or creates) the segment at `path` for this user.
+    // `capacity` 0 means "use the segment's"; a new segment then gets
+    // `default_capacity`. A nonzero `capacity` that differs from an
+    // existing segment's throws CapacityMismatch.
+    Arbiter(std::string path, std::uint32_t capacity, std::uint32_t default_capacity,
+            std::string command);
+    ~Arbiter();
+    Arbiter(const Arbiter&) = delete;
+    Arbiter& operator=(const Arbiter&) = delete;
+
+    const std::string& path() const noexcept { return m_path; }
+    std::uint32_t capacity() const noexcept { return m_segment->header.capacity; }
+
+    // --- explicit tokens (owned by the process, released by any thread) ---
+    // Grants between min and max tokens now, or 0 if min cannot be had.
+    std::uint32_t acquire_nowait(std::uint32_t min_tokens, std::uint32_t max_tokens);
+    // Blocks until min can be granted, `timeout_ns` passes (< 0: never) or
+    // `interrupted` says stop. `granted` receives the count on success.
+    AcquireOutcome acquire(std::uint32_t min_tokens, std::uint32_t max_tokens,
+                           std::int64_t timeout_ns, const InterruptCheck& interrupted,
+                           std::uint32_t& granted);
+    // Returns n explicit tokens. Throws std::invalid_argument if this
+    // process holds fewer than n.
+    void release(std::uint32_t n);
+    std::uint32_t tokens_explicit();
+
+    // --- leases: one per thread running a task (never blocks) ---
+    // Takes the thread's own token if one is free (else runs overdrawn) and
+    // up to `extra_wanted` extras within the fair-share policy.
+    std::uint64_t lease_open(std::uint32_t extra_wanted, LeaseState& state);
+    // Re-applies the policy: takes the own token if it was overdrawn and
+    // one is free, grows extras from free capacity, or gives extras above
+    // the fair share back when another process below its share wants them.
+    void lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wanted, LeaseState& state);
+    // Gives everything back. A lease opened before a fork is a no-op in the child.
+    void lease_close(std::uint64_t lease_epoch, LeaseState& state);
+
+    // --- observation and maintenance ---
+    SegmentStats stats();
+    // Empty if tokens_free + sum(held) == capacity and every cached total
+    // equals its sum over slots; otherwise what is wrong.
+    std::string check_invariants();
+    // Returns the tokens of dead processes now; returns how many processes were reaped.
+    std::uint32_t reap();
+    // Releases this process's slot (tokens included). Safe to call twice.
+    void detach();
+    // Marks the segment retired and unlinks it, if no live process other
+    // than this one is attached. Returns the live pids that prevented it.
+    std::vector<int> retire_and_unlink();
+
+    // The epoch that lease handles are stamped with: changes in a forked child.
+    std::uint64_t epoch() const noexcept;
+
+private:
+    class Guard;
+    struct Edit;
+
+    void open_or_create(std::uint32_t capacity, std::uint32_t default_capacity);
+    bool try_open_existing(std::uint32_t capacity);
+    void create(std::uint32_t capacity);
+    void validate(int fd, const std::string& path);
+    void ensure_registered(Guard& guard);
+    void register_slot(Guard& guard);
+    Slot& own_slot(Guard& guard);
+    bool slot_is_alive(std::uint32_t index) const;
+    std::uint32_t reap_locked(bool& freed_tokens);
+    void repair_after_owner_death();
+    std::uint32_t fair_share() const;
+    bool another_is_below_share_and_wanting(std::uint32_t self_index) const;
+    std::uint32_t grant_cap(std::uint32_t self_index, std::uint32_t held_by_claimant,
+                            std::uint32_t wanted) const;
+    std::uint32_t try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
+                                     bool& freed_tokens);
+    void commit_lease(Slot& s, const LeaseState& before, const LeaseState& after);
+
+    std::string m_path;                 // /dev/shm/composepar-<uid>-<domain>
+    FileDescriptor m_fd;                // kept open for life: carries the slot's fcntl lock
+    SharedMapping m_mapping;            // the whole segment
+    Segment* m_segment = nullptr;       // == m_mapping.data()
+    std::string m_command;              // label written into the slot
+    std::uint32_t m_slot = kSlotCount;  // own slot index; kSlotCount: not registered
+    int m_pid = 0;                      // pid that registered m_slot
+    std::uint64_t m_start_time = 0;     // its start time
+    std::uint64_t m_fork_generation = 0;  // g_fork_generation when m_slot was registered
+    std::uint64_t m_epoch = 0;          // stamped on leases; new at each registration
+};
+
+}  // namespace composepar

@@ -1,0 +1,152 @@
+// nanobind module composepar._native._arbiter: small primitives over
+// composepar::Arbiter. Defaults, argument checks and messages for users
+// live in composepar/_arbiter.py.
+#include "arbiter.hpp"
+
+#include <nanobind/nanobind.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
+
+#include <Python.h>
+
+#include <cstdint>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+namespace nb = nanobind;
+using namespace nb::literals;
+using composepar::Arbiter;
+using composepar::LeaseState;
+
+namespace {
+
+// One lease: the thread's own token plus extras, until close().
+class Lease {
+public:
+    Lease(Arbiter& arbiter, std::uint32_t extra_wanted) : m_arbiter(arbiter) {
+        nb::gil_scoped_release unlocked;
+        m_epoch = m_arbiter.lease_open(extra_wanted, m_state);
+    }
+    ~Lease() {
+        if (!m_open) return;
+        try {
+            m_arbiter.lease_close(m_epoch, m_state);
+        } catch (...) {
+            // Destructors must not throw; the tokens come back when the process dies.
+        }
+    }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+
+    std::uint32_t refresh(std::uint32_t extra_wanted) {
+        if (!m_open) throw std::logic_error("the lease is closed; open a new one");
+        nb::gil_scoped_release unlocked;
+        m_arbiter.lease_refresh(m_epoch, extra_wanted, m_state);
+        return m_state.tokens_extra;
+    }
+    void close() {
+        if (!m_open) return;
+        m_open = false;
+        nb::gil_scoped_release unlocked;
+        m_arbiter.lease_close(m_epoch, m_state);
+    }
+    bool is_open() const { return m_open; }
+    const LeaseState& state() const { return m_state; }
+
+private:
+    Arbiter& m_arbiter;      // kept alive by nb::keep_alive on open_lease
+    std::uint64_t m_epoch;   // the registration it was opened under
+    LeaseState m_state{};    // what it holds now
+    bool m_open = true;      // false once closed
+};
+
+// Raises composepar._errors.<name>(message): the Python layer owns the classes.
+void raise_python(const char* name, const char* message) {
+    nb::object cls = nb::module_::import_("composepar._errors").attr(name);
+    PyErr_SetString(cls.ptr(), message);
+}
+
+}  // namespace
+
+NB_MODULE(_arbiter, m) {
+    m.doc() = "Native core of composepar's shared-memory arbiter (private; use composepar.Arbiter).";
+    m.attr("SLOT_COUNT") = composepar::kSlotCount;
+    m.attr("MAX_CAPACITY") = composepar::kMaxCapacity;
+    m.attr("ABI_VERSION") = composepar::kAbiVersion;
+    m.attr("SEGMENT_BYTES") = sizeof(composepar::Segment);
+
+    nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+        try {
+            std::rethrow_exception(p);
+        } catch (const composepar::SystemError& e) {
+            nb::object error = nb::steal(PyObject_CallFunction(PyExc_OSError, "is", e.error_number(), e.what()));
+            PyErr_SetObject(PyExc_OSError, error.ptr());
+        } catch (const composepar::CapacityMismatch& e) {
+            raise_python("CapacityMismatchError", e.what());
+        } catch (const composepar::SegmentError& e) {
+            raise_python("ArbiterError", e.what());
+        } catch (const composepar::SlotLost& e) {
+            raise_python("ArbiterError", e.what());
+        }
+    });
+
+    nb::class_<Lease>(m, "Lease")
+        .def("refresh", &Lease::refresh, "extra_wanted"_a)
+        .def("close", &Lease::close)
+        .def_prop_ro("is_open", &Lease::is_open)
+        .def_prop_ro("own_token", [](const Lease& l) { return l.state().own_token; })
+        .def_prop_ro("tokens_extra", [](const Lease& l) { return l.state().tokens_extra; })
+        .def_prop_ro("extra_wanted", [](const Lease& l) { return l.state().extra_wanted; });
+
+    nb::class_<Arbiter>(m, "Arbiter")
+        .def(nb::init<std::string, std::uint32_t, std::uint32_t, std::string>(), "path"_a, "capacity"_a,
+             "default_capacity"_a, "command"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def_prop_ro("path", &Arbiter::path)
+        .def_prop_ro("capacity", &Arbiter::capacity)
+        .def("acquire_nowait", &Arbiter::acquire_nowait, "min_tokens"_a, "max_tokens"_a,
+             nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "acquire",
+            [](Arbiter& self, std::uint32_t min_tokens, std::uint32_t max_tokens, std::int64_t timeout_ns) {
+                std::uint32_t granted = 0;
+                composepar::AcquireOutcome outcome;
+                {
+                    nb::gil_scoped_release unlocked;
+                    outcome = self.acquire(min_tokens, max_tokens, timeout_ns, [] {
+                        nb::gil_scoped_acquire locked;
+                        return PyErr_CheckSignals() != 0;  // leaves the exception set
+                    }, granted);
+                }
+                if (outcome == composepar::AcquireOutcome::interrupted) throw nb::python_error();
+                return granted;  // 0: timed out
+            },
+            "min_tokens"_a, "max_tokens"_a, "timeout_ns"_a)
+        .def("release", &Arbiter::release, "n"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def("tokens_explicit", &Arbiter::tokens_explicit, nb::call_guard<nb::gil_scoped_release>())
+        .def(
+            "open_lease",
+            [](Arbiter& self, std::uint32_t extra_wanted) { return new Lease(self, extra_wanted); },
+            "extra_wanted"_a, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
+        .def(
+            "stats",
+            [](Arbiter& self) {
+                composepar::SegmentStats s;
+                {
+                    nb::gil_scoped_release unlocked;
+                    s = self.stats();
+                }
+                nb::list processes;
+                for (const auto& p : s.processes)
+                    processes.append(nb::make_tuple(p.pid, p.command, p.threads_active, p.leases_overdrawn,
+                                                    p.tokens_held, p.tokens_explicit, p.tokens_wanted, p.waiters,
+                                                    p.tokens_waited));
+                return nb::make_tuple(s.capacity, s.tokens_free, s.claimants, s.tokens_reclaimed,
+                                      s.processes_reaped, processes);
+            })
+        .def("check_invariants", &Arbiter::check_invariants, nb::call_guard<nb::gil_scoped_release>())
+        .def("reap", &Arbiter::reap, nb::call_guard<nb::gil_scoped_release>())
+        .def("detach", &Arbiter::detach, nb::call_guard<nb::gil_scoped_release>())
+        .def("retire_and_unlink", &Arbiter::retire_and_unlink, nb::call_guard<nb::gil_scoped_release>());
+}
