@@ -424,44 +424,56 @@ void Arbiter::repair_after_owner_death() {
 
 // ---------------------------------------------------------------- policy
 
-std::uint32_t Arbiter::fair_share() const {
+std::uint32_t Arbiter::fair_share(const Claim& mine) const {
+    // A caller not yet counted among the claimants (a fresh explicit
+    // request) competes too: count it.
     const Header& h = m_segment->header;
-    return std::max<std::uint32_t>(1, h.capacity / std::max<std::uint32_t>(1, h.claimants_total));
+    const std::uint32_t claimants_now = h.claimants_total + (mine.counted ? 0u : 1u);
+    return std::max<std::uint32_t>(1, h.capacity / std::max<std::uint32_t>(1, claimants_now));
 }
 
-bool Arbiter::another_is_below_share_and_wanting(std::uint32_t self_index) const {
+bool Arbiter::another_is_below_share_and_wanting(const Claim& mine) const {
     const Header& h = m_segment->header;
-    const std::uint32_t own_wanted = self_index < kSlotCount ? m_segment->slots[self_index].tokens_wanted : 0;
-    if (h.wanted_total <= own_wanted) return false;  // nobody else asks: work conserving
-    const std::uint64_t share = fair_share();
+    if (h.wanted_total <= mine.wanted) return false;  // nobody else asks: work conserving
+    const std::uint64_t share = fair_share(mine);
     const std::uint32_t used = std::min(h.slots_used, kSlotCount);
     for (std::uint32_t i = 0; i < used; ++i) {
         const Slot& s = m_segment->slots[i];
-        if (i == self_index || s.owner_pid == 0 || s.tokens_wanted == 0) continue;
-        if (s.tokens_held < share * claimants(s)) return true;
+        if (s.owner_pid == 0 || s.tokens_wanted == 0) continue;
+        // In the caller's own slot, look only at the caller's siblings
+        // (other threads of this process): take the caller's part out.
+        const bool own = (i == m_slot);
+        const std::uint32_t wanted = own ? sub_sat(s.tokens_wanted, mine.wanted) : s.tokens_wanted;
+        const std::uint32_t overdrawn = own ? sub_sat(s.leases_overdrawn, mine.overdrawn) : s.leases_overdrawn;
+        const std::uint32_t held = own ? sub_sat(s.tokens_held, mine.held) : s.tokens_held;
+        const std::uint32_t claim = own ? sub_sat(claimants(s), mine.counted) : claimants(s);
+        if (wanted == 0) continue;
+        // An overdrawn lease holds nothing, so it is below any share.
+        if (overdrawn > 0 || held < share * claim) return true;
     }
     return false;
 }
 
-std::uint32_t Arbiter::grant_cap(std::uint32_t self_index, std::uint32_t held_by_claimant,
-                                 std::uint32_t wanted) const {
+std::uint32_t Arbiter::grant_cap(const Claim& mine, std::uint32_t wanted) const {
     std::uint32_t grant = std::min(wanted, m_segment->header.tokens_free);
-    if (grant > 0 && another_is_below_share_and_wanting(self_index))
-        grant = std::min(grant, sub_sat(fair_share(), held_by_claimant));
+    if (grant > 0 && another_is_below_share_and_wanting(mine))
+        grant = std::min(grant, sub_sat(fair_share(mine), mine.held));
     return grant;
 }
 
 // ---------------------------------------------------------------- explicit tokens
 
 std::uint32_t Arbiter::try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
-                                          bool& freed_tokens) {
+                                          bool waiting, bool& freed_tokens) {
     Header& h = m_segment->header;
     if (h.tokens_free < min_tokens) {
         reap_locked(freed_tokens);
         if (h.tokens_free < min_tokens) return 0;
     }
     Slot& s = own_slot(guard);
-    std::uint32_t grant = grant_cap(m_slot, 0, max_tokens);
+    // A blocked waiter is counted among the claimants and its demand is recorded.
+    const Claim mine{0, waiting ? max_tokens : 0, 0, waiting ? 1u : 0u};
+    std::uint32_t grant = grant_cap(mine, max_tokens);
     grant = std::max(grant, min_tokens);  // min is free (checked above) and always honoured
     Edit::apply(h, s, [grant](Slot& me) {
         me.tokens_held += grant;
@@ -474,7 +486,7 @@ std::uint32_t Arbiter::acquire_nowait(std::uint32_t min_tokens, std::uint32_t ma
     Guard guard(*this);
     own_slot(guard);
     bool freed = false;
-    std::uint32_t granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);
+    std::uint32_t granted = try_grant_explicit(guard, min_tokens, max_tokens, false, freed);
     if (freed) guard.wake_waiters_on_unlock();
     return granted;
 }
@@ -487,7 +499,7 @@ AcquireOutcome Arbiter::acquire(std::uint32_t min_tokens, std::uint32_t max_toke
     Guard guard(*this);
     own_slot(guard);
     bool freed = false;
-    granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);
+    granted = try_grant_explicit(guard, min_tokens, max_tokens, false, freed);
     if (freed) guard.wake_waiters_on_unlock();
     if (granted > 0) return AcquireOutcome::granted;
     if (timeout_ns == 0) return AcquireOutcome::timed_out;
@@ -513,7 +525,7 @@ AcquireOutcome Arbiter::acquire(std::uint32_t min_tokens, std::uint32_t max_toke
         }
         own_slot(guard);
         freed = false;
-        granted = try_grant_explicit(guard, min_tokens, max_tokens, freed);  // reaps when short
+        granted = try_grant_explicit(guard, min_tokens, max_tokens, true, freed);  // reaps when short
         if (freed) guard.wake_waiters_on_unlock();
         if (granted > 0) {
             outcome = AcquireOutcome::granted;
@@ -567,7 +579,7 @@ std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, LeaseState& state)
         me.leases_overdrawn += 1 - state.own_token;
     });
     // The share now counts this lease as a claimant.
-    const std::uint32_t extra = state.own_token ? grant_cap(m_slot, 1, extra_wanted) : 0;
+    const std::uint32_t extra = state.own_token ? grant_cap(Claim{1, 0, 0, 1}, extra_wanted) : 0;
     Edit::apply(h, s, [&](Slot& me) {
         me.tokens_held += extra;
         state.tokens_extra = extra;
@@ -605,11 +617,12 @@ void Arbiter::lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wante
     }
     if (next.own_token) {
         next.tokens_extra = std::min(next.tokens_extra, extra_wanted);
-        const std::uint32_t share = fair_share();
-        if (1 + next.tokens_extra > share && another_is_below_share_and_wanting(m_slot))
+        const Claim mine{1 + next.tokens_extra, lease_wanted(state), 0, 1};
+        const std::uint32_t share = fair_share(mine);
+        if (1 + next.tokens_extra > share && another_is_below_share_and_wanting(mine))
             next.tokens_extra = share - 1;  // give back what is above the share
         else
-            next.tokens_extra += grant_cap(m_slot, 1 + next.tokens_extra, extra_wanted - next.tokens_extra);
+            next.tokens_extra += grant_cap(mine, extra_wanted - next.tokens_extra);
     }
     commit_lease(s, state, next);
     state = next;

@@ -134,12 +134,19 @@ private:
     bool slot_is_alive(std::uint32_t index) const;
     std::uint32_t reap_locked(bool& freed_tokens);
     void repair_after_owner_death();
-    std::uint32_t fair_share() const;
-    bool another_is_below_share_and_wanting(std::uint32_t self_index) const;
-    std::uint32_t grant_cap(std::uint32_t self_index, std::uint32_t held_by_claimant,
-                            std::uint32_t wanted) const;
+    // The caller's part of its own slot, taken out when the policy looks
+    // for *other* claimants below their share.
+    struct Claim {
+        std::uint32_t held;       // tokens the caller holds
+        std::uint32_t wanted;     // the caller's recorded unsatisfied demand
+        std::uint32_t overdrawn;  // 1 if the caller is an overdrawn lease
+        std::uint32_t counted;    // 1 if the caller is already counted in claimants(slot)
+    };
+    std::uint32_t fair_share(const Claim& mine) const;
+    bool another_is_below_share_and_wanting(const Claim& mine) const;
+    std::uint32_t grant_cap(const Claim& mine, std::uint32_t wanted) const;
     std::uint32_t try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
-                                     bool& freed_tokens);
+                                     bool waiting, bool& freed_tokens);
     void commit_lease(Slot& s, const LeaseState& before, const LeaseState& after);
 
     std::string m_path;                 // /dev/shm/composepar-<uid>-<domain>
