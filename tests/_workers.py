@@ -37,12 +37,41 @@ def child_view(domain, queue):
     arbiter.release(got)
 
 
-def hammer(domain, index, seconds, held_board, seed):
-    """Random acquire/release/lease traffic; publishes what it holds in held_board[index].
+class Ledger:
+    """What the hammering workers hold, counted so it never exceeds the truth.
 
-    held_board[index] is raised only after a grant and lowered before a
-    release, so the sum over the board never exceeds what is really held.
+    A worker adds a grant only after it has it and subtracts before it gives
+    tokens back, under `lock`; so `outstanding` <= tokens really held <=
+    capacity, and any excess is recorded in `violation`. The test kills a
+    worker only while holding `lock`, then subtracts its entry.
     """
+
+    def __init__(self, context, workers):
+        self.lock = context.Lock()
+        self.by_worker = context.Array("i", workers, lock=False)
+        self.outstanding = context.Value("i", 0, lock=False)
+        self.violation = context.Value("i", 0, lock=False)
+
+    def add(self, index, n, capacity):
+        with self.lock:
+            self.by_worker[index] += n
+            self.outstanding.value += n
+            if self.outstanding.value > capacity:
+                self.violation.value = self.outstanding.value
+
+    def remove(self, index, n):
+        with self.lock:
+            self.by_worker[index] -= n
+            self.outstanding.value -= n
+
+    def forget_killed(self, index):
+        """Call with `lock` held, right after SIGKILL."""
+        self.outstanding.value -= self.by_worker[index]
+        self.by_worker[index] = 0
+
+
+def hammer(domain, index, seconds, ledger, seed):
+    """Random acquire, release and lease traffic, recorded in the ledger."""
     rng = random.Random(seed)
     arbiter = composepar.Arbiter(domain)
     capacity = arbiter.capacity
@@ -50,35 +79,38 @@ def hammer(domain, index, seconds, held_board, seed):
     held = 0
     while time.monotonic() < deadline:
         roll = rng.random()
-        if roll < 0.4:
+        if roll < 0.35:
             want = rng.randint(1, capacity)
             try:
                 got = arbiter.acquire_nowait(want, min_tokens=rng.randint(1, want))
             except composepar.WouldBlock:
                 continue
             held += got
-            held_board[index] = held
-        elif roll < 0.6:
-            want = rng.randint(1, capacity)
+            ledger.add(index, got, capacity)
+        elif roll < 0.55:
             try:
-                got = arbiter.acquire(want, min_tokens=1, timeout=0.05)
+                got = arbiter.acquire(rng.randint(1, capacity), min_tokens=1, timeout=0.02)
             except TimeoutError:
                 continue
             held += got
-            held_board[index] = held
+            ledger.add(index, got, capacity)
         elif roll < 0.8 and held:
             n = rng.randint(1, held)
             held -= n
-            held_board[index] = held
+            ledger.remove(index, n)
             arbiter.release(n)
         else:
             with arbiter.lease(rng.randint(0, capacity)) as lease:
-                held_board[index] = held + lease.threads - (0 if lease.own_token else 1)
+                counted = int(lease.own_token) + lease.tokens_extra
+                ledger.add(index, counted, capacity)
+                ledger.remove(index, lease.tokens_extra)  # refresh may give extras back
+                counted -= lease.tokens_extra
                 lease.refresh(rng.randint(0, capacity))
-                held_board[index] = held + lease.threads - (0 if lease.own_token else 1)
+                ledger.add(index, int(lease.own_token) + lease.tokens_extra - counted, capacity)
+                counted = int(lease.own_token) + lease.tokens_extra
                 time.sleep(rng.random() * 0.002)
-                held_board[index] = held
-    held_board[index] = 0
+                ledger.remove(index, counted)
+    ledger.remove(index, held)
     arbiter.release(held)
 
 
