@@ -83,9 +83,16 @@ std::uint32_t lease_wanted(const LeaseState& st) {
     return (1 - st.own_token) + sub_sat(st.extra_wanted, st.tokens_extra);
 }
 
+// The domain part of /dev/shm/composepar-<uid>-<domain>.
+std::string domain_of(const std::string& path) {
+    const std::string name = path.substr(path.rfind('/') + 1);
+    const std::size_t after_uid = name.find('-', name.find('-') + 1);
+    return after_uid == std::string::npos ? name : name.substr(after_uid + 1);
+}
+
 std::string removal_hint(const std::string& path) {
-    return " Remove it with `rm " + path +
-           "` (or `python -m composepar cleanup --force --domain DOMAIN`) once no process uses it.";
+    return " Remove it with `python -m composepar cleanup --force --domain " + domain_of(path) + "` (or `rm " +
+           path + "`) once no process uses it.";
 }
 
 struct flock byte_lock(short type, std::uint32_t index) {
@@ -208,6 +215,12 @@ bool Arbiter::try_open_existing(std::uint32_t capacity) {
         if (errno == ELOOP)
             throw SegmentError("arbiter segment " + m_path + " is a symbolic link; refusing to follow it." +
                                removal_hint(m_path));
+        if (errno == EISDIR)
+            throw SegmentError("arbiter segment " + m_path + " is a directory, not a segment." +
+                               removal_hint(m_path));
+        if (errno == EACCES)
+            throw SegmentError("arbiter segment " + m_path + " cannot be opened (permission denied): it is "
+                               "not yours. Set another COMPOSEPAR_DOMAIN, or ask its owner to remove it");
         throw SystemError(errno, "open " + m_path);
     }
     validate(fd.get(), m_path);
