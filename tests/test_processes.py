@@ -111,10 +111,14 @@ def test_explicit_acquirer_is_capped_at_share_while_another_waits(domain):
     arbiter = Arbiter(domain, capacity=4)
     arbiter.acquire(4)
     context = multiprocessing.get_context("fork")
-    got = context.Queue()
+    got, done = context.Queue(), context.Event()
 
     def wait_for_tokens():
-        got.put(Arbiter(domain).acquire(4, min_tokens=1, timeout=60))
+        waiter_arbiter = Arbiter(domain)
+        n = waiter_arbiter.acquire(4, min_tokens=1, timeout=60)
+        got.put(n)
+        done.wait(60)  # hold them until the parent has looked
+        waiter_arbiter.release(n)
 
     waiter = context.Process(target=wait_for_tokens)
     waiter.start()
@@ -126,6 +130,7 @@ def test_explicit_acquirer_is_capped_at_share_while_another_waits(domain):
     except WouldBlock:
         mine = 0  # the waiter was faster and, alone in asking, took everything
     theirs = got.get(timeout=60)
+    done.set()
     waiter.join(60)
     # Either we re-acquired first, capped at the share (2) because the waiter
     # was below its share, and the waiter got the rest; or the waiter won all.
