@@ -9,8 +9,10 @@
 #include <nanobind/stl/vector.h>
 
 #include <Python.h>
+#include <link.h>
 
 #include <cstdint>
+#include <mutex>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
@@ -22,7 +24,8 @@ using composepar::LeaseState;
 
 namespace {
 
-// One lease: the thread's own token plus extras, until close().
+// One lease: the thread's own token plus extras, until close(). The owner
+// thread and a refresher thread may both use it: m_mutex orders them.
 class Lease {
 public:
     Lease(Arbiter& arbiter, std::uint32_t extra_wanted) : m_arbiter(arbiter) {
@@ -30,6 +33,7 @@ public:
         m_epoch = m_arbiter.lease_open(extra_wanted, m_state);
     }
     ~Lease() {
+        std::lock_guard<std::mutex> lock(m_mutex);
         if (!m_open) return;
         try {
             m_arbiter.lease_close(m_epoch, m_state);
@@ -41,26 +45,49 @@ public:
     Lease& operator=(const Lease&) = delete;
 
     std::uint32_t refresh(std::uint32_t extra_wanted) {
-        if (!m_open) throw std::logic_error("the lease is closed; open a new one");
         nb::gil_scoped_release unlocked;
+        std::lock_guard<std::mutex> lock(m_mutex);
+        if (!m_open) throw std::logic_error("the lease is closed; open a new one");
         m_arbiter.lease_refresh(m_epoch, extra_wanted, m_state);
         return m_state.tokens_extra;
     }
     void close() {
+        nb::gil_scoped_release unlocked;
+        std::lock_guard<std::mutex> lock(m_mutex);
         if (!m_open) return;
         m_open = false;
-        nb::gil_scoped_release unlocked;
         m_arbiter.lease_close(m_epoch, m_state);
     }
-    bool is_open() const { return m_open; }
-    const LeaseState& state() const { return m_state; }
+    // Reads take the mutex too: a refresher may be writing m_state.
+    bool is_open() {
+        std::lock_guard<std::mutex> lock(m_mutex);
+        return m_open;
+    }
+    LeaseState state() {
+        std::lock_guard<std::mutex> lock(m_mutex);
+        return m_state;
+    }
 
 private:
     Arbiter& m_arbiter;      // kept alive by nb::keep_alive on open_lease
+    std::mutex m_mutex;      // guards the three fields below
     std::uint64_t m_epoch;   // the registration it was opened under
     LeaseState m_state{};    // what it holds now
     bool m_open = true;      // false once closed
 };
+
+// How many shared objects are loaded: changes when a library is dlopen'ed,
+// so callers rescan for thread pools only then.
+int count_object(struct dl_phdr_info*, size_t, void* data) {
+    ++*static_cast<int*>(data);
+    return 0;
+}
+
+int loaded_object_count() {
+    int count = 0;
+    dl_iterate_phdr(count_object, &count);
+    return count;
+}
 
 // Raises composepar._errors.<name>(message): the Python layer owns the classes.
 void raise_python(const char* name, const char* message) {
@@ -96,9 +123,12 @@ NB_MODULE(_arbiter, m) {
         .def("refresh", &Lease::refresh, "extra_wanted"_a)
         .def("close", &Lease::close)
         .def_prop_ro("is_open", &Lease::is_open)
-        .def_prop_ro("own_token", [](const Lease& l) { return l.state().own_token; })
-        .def_prop_ro("tokens_extra", [](const Lease& l) { return l.state().tokens_extra; })
-        .def_prop_ro("extra_wanted", [](const Lease& l) { return l.state().extra_wanted; });
+        .def_prop_ro("own_token", [](Lease& l) { return l.state().own_token; })
+        .def_prop_ro("tokens_extra", [](Lease& l) { return l.state().tokens_extra; })
+        .def_prop_ro("extra_wanted", [](Lease& l) { return l.state().extra_wanted; });
+
+    m.def("loaded_object_count", &loaded_object_count,
+          "Number of shared objects loaded in this process (changes when a library is loaded).");
 
     nb::class_<Arbiter>(m, "Arbiter")
         .def(nb::init<std::string, std::uint32_t, std::uint32_t, std::string>(), "path"_a, "capacity"_a,
