@@ -9,8 +9,14 @@ from ._arbiter import Lease as Lease
 from ._arbiter import ProcessStats as ProcessStats
 from ._cpus import usable_cpus as usable_cpus
 from ._errors import ArbiterError as ArbiterError
+from ._errors import BrokenPoolError as BrokenPoolError
 from ._errors import CapacityMismatchError as CapacityMismatchError
 from ._errors import WouldBlock as WouldBlock
+from ._limit import limit as limit
+from ._pools import Pool as Pool
+from ._pools import ProcessPoolExecutor as ProcessPoolExecutor
+from ._pools import ThreadPool as ThreadPool
+from ._pools import ThreadPoolExecutor as ThreadPoolExecutor
 
 __version__ = "0.1.0"
 
@@ -18,9 +24,15 @@ __all__ = [
     "Arbiter",
     "ArbiterError",
     "ArbiterStats",
+    "BrokenPoolError",
     "CapacityMismatchError",
     "Lease",
+    "Pool",
+    "ProcessPoolExecutor",
     "ProcessStats",
+    "ThreadPool",
+    "ThreadPoolExecutor",
     "WouldBlock",
+    "limit",
     "usable_cpus",
 ]

@@ -1,6 +1,8 @@
 """composepar's exceptions. Each subclasses the stdlib one a caller would expect."""
 
-__all__ = ["ArbiterError", "CapacityMismatchError", "WouldBlock"]
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = ["ArbiterError", "BrokenPoolError", "CapacityMismatchError", "WouldBlock"]
 
 
 class ArbiterError(RuntimeError):
@@ -15,3 +17,9 @@ class CapacityMismatchError(ArbiterError, ValueError):
 
 class WouldBlock(Exception):
     """Raised by ``*_nowait`` calls when the request cannot be granted at once."""
+
+
+class BrokenPoolError(BrokenProcessPool):
+    """A worker of a composepar.Pool died (killed by a signal, or exited
+    abruptly) while the pool was running: the task it ran is lost, so every
+    pending result fails with this error instead of waiting forever."""

@@ -1,11 +1,278 @@
-"""Per-thread task scopes: a lease per running task, native pools set to its budget.
+"""Task scopes: each running task holds a lease; its native pools follow the lease.
 
-(stub: the real runtime lands in the next commit)
+A pool worker (process or thread) runs each task inside a scope::
+
+    task starts --> lease = arbiter.lease()     own token + extras from free capacity
+                    native pools := budget      per-thread pools in this thread,
+                                                per-process pools := min over running tasks
+    task runs   --> refresher (every 10 ms)     lease.refresh(); per-process pools follow
+    task ends   --> lease.close()               tokens back; others pick them up
+
+    budget = min(lease.threads, innermost composepar.limit() cap)
+
+A thread that blocks waiting for a pool's results is not busy: ``idle()``
+closes its lease for the wait and opens a new one after (see _hooks.py).
+
+The refresher changes only per-process pools (OpenBLAS with pthreads,
+BLIS, torch, TBB), which any thread may set and OpenBLAS reads at every
+call. It stays off while a per-thread pool (OpenMP, MKL) is loaded: those
+can only be set from their own thread, so a budget that shrank mid-task
+could not be enforced there; they follow the budget at each task start.
 """
 
-__all__ = ["enter_main_thread"]
+import os
+import threading
+import time
+
+from ._arbiter import Arbiter
+from ._threadpools import native_pools
+
+__all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply"]
+
+REFRESH_SECONDS = 0.01
+
+
+class _ThreadState(threading.local):
+    def __init__(self):
+        self.scope = None  # the outermost open TaskScope of this thread, or None
+        self.depth = 0  # TaskScopes open in this thread (nested ones reuse the outer lease)
+        self.caps = []  # caps of the open composepar.limit() blocks, innermost last
+
+
+_thread = _ThreadState()
+
+
+class _ProcessState:
+    """What this process runs; reset in fork children (their threads are gone)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()  # guards running and refresher
+        self.running = {}  # TaskScope -> None: the scopes holding leases in this process
+        self.refresher = None  # the refresher thread, started with the first lease
+        self.wake = threading.Event()  # set while running is not empty
+
+
+_process = _ProcessState()
+_arbiter = None  # this process's Arbiter, made on first use
+
+
+def _reset_after_fork():
+    global _process
+    _process = _ProcessState()
+    _thread.scope, _thread.depth, _thread.caps = None, 0, []
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _get_arbiter():
+    global _arbiter
+    if _arbiter is None:
+        _arbiter = Arbiter()
+    return _arbiter
+
+
+def current_budget():
+    """The thread budget of the calling thread now, or None outside any scope."""
+    scope = _thread.scope
+    return None if scope is None else scope.budget()
+
+
+def current_scope():
+    return _thread.scope
+
+
+def thread_caps():
+    """The caps of the calling thread's open composepar.limit() blocks, innermost last."""
+    return _thread.caps
+
+
+class TaskScope:
+    """Runs the body as one task: a lease (or a fixed budget) and native pools set to it.
+
+    ``threads``: wait (blocking) until exactly that many tokens can be had
+    and hold them explicitly. ``static_threads``: no arbiter, a fixed
+    budget (the launcher's --static mode). Neither: a lease, never blocking.
+    """
+
+    __slots__ = ("_extra_wanted", "_threads", "_static", "_lease", "_explicit", "_outer", "cap")
+
+    def __init__(self, extra_wanted=None, threads=None, static_threads=None):
+        self._extra_wanted = extra_wanted  # None: as many as the policy gives
+        self._threads = threads  # explicit request, or None
+        self._static = static_threads  # fixed budget, or None
+        self._lease = None  # composepar.Lease while open
+        self._explicit = 0  # tokens acquired for a `threads` request
+        self._outer = False  # True if this scope opened the thread's lease
+        self.cap = min(_thread.caps) if _thread.caps else None  # innermost limit() of the owner thread
+
+    def budget(self):
+        if self._static is not None:
+            threads = self._static
+        elif self._explicit:
+            threads = self._explicit
+        elif self._lease is not None:
+            threads = self._lease.threads
+        else:
+            threads = 1
+        return threads if self.cap is None else min(threads, self.cap)
+
+    def __enter__(self):
+        if _thread.depth:
+            _thread.depth += 1  # a task inside a task: the outer lease covers it
+            return self
+        _thread.depth = 1
+        _thread.scope = self
+        self._outer = True
+        self._open()
+        return self
+
+    def __exit__(self, *exc_info):
+        if not self._outer:
+            _thread.depth = max(0, _thread.depth - 1)
+            return
+        _thread.depth = 0
+        _thread.scope = None
+        self._close()
+
+    def _open(self):
+        if self._static is None:
+            arbiter = _get_arbiter()
+            if self._threads is not None:
+                self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
+            else:
+                self._lease = arbiter.lease(self._extra_wanted)
+                _start_running(self)
+        apply(self)
+
+    def _close(self):
+        if self._lease is not None:
+            _stop_running(self)
+            self._lease.close()
+            self._lease = None
+        elif self._explicit:
+            _get_arbiter().release(self._explicit)
+            self._explicit = 0
+        _apply_process_budget()
+
+    def suspend(self):
+        """Gives the tokens back while the thread waits (idle)."""
+        if self._lease is not None:
+            _stop_running(self)
+            self._lease.close()
+            self._lease = None
+            _apply_process_budget()
+
+    def resume(self):
+        if self._lease is None and self._static is None and not self._explicit:
+            self._lease = _get_arbiter().lease(self._extra_wanted)
+            _start_running(self)
+            apply(self)
+
+    def refresh(self):
+        """Re-applies the policy to this scope's lease (refresher thread)."""
+        lease = self._lease
+        if lease is not None:
+            try:
+                lease.refresh()
+            except Exception:  # noqa: BLE001 - closed under us by its own thread: nothing to refresh
+                pass
+
+
+def apply(scope):
+    """Sets the calling thread's pools to the scope's budget, and the process's pools."""
+    native_pools.set_thread_budget(scope.budget())
+    _apply_process_budget()
+
+
+def _apply_process_budget(state=None):
+    """Per-process pools get the smallest budget of the tasks running in the process."""
+    state = state or _process
+    with state.lock:
+        budgets = [scope.budget() for scope in state.running]
+    if budgets:
+        native_pools.set_process_budget(min(budgets))
+    elif state is _process and _thread.scope is not None:
+        native_pools.set_process_budget(_thread.scope.budget())
+
+
+def _start_running(scope):
+    with _process.lock:
+        _process.running[scope] = None
+        _process.wake.set()
+        if _process.refresher is None:
+            _process.refresher = threading.Thread(
+                target=_refresh_loop, args=(_process,), name="composepar-refresher", daemon=True)
+            _process.refresher.start()
+
+
+def _stop_running(scope):
+    with _process.lock:
+        _process.running.pop(scope, None)
+        if not _process.running:
+            _process.wake.clear()
+
+
+def _refresh_loop(state):
+    while state is _process:  # a fork child gets a new state and its own refresher
+        state.wake.wait()
+        if native_pools.has_per_thread_pools():
+            time.sleep(REFRESH_SECONDS * 10)  # budgets follow at task starts only (see module doc)
+            continue
+        with state.lock:
+            scopes = list(state.running)
+        for scope in scopes:
+            scope.refresh()
+        _apply_process_budget(state)
+        time.sleep(REFRESH_SECONDS)
+
+
+class idle:
+    """Context manager: the calling thread waits, so its lease is given back for the wait."""
+
+    __slots__ = ("_scope",)
+
+    def __enter__(self):
+        scope = _thread.scope
+        self._scope = scope
+        if scope is not None:
+            scope.suspend()
+        return self
+
+    def __exit__(self, *exc_info):
+        if self._scope is not None and _thread.scope is self._scope:
+            self._scope.resume()
+
+
+class Task:
+    """A picklable callable that runs ``func`` inside a TaskScope (what pools submit)."""
+
+    __slots__ = ("func", "threads", "static_threads")
+
+    def __init__(self, func, threads=None, static_threads=None):
+        self.func = func
+        self.threads = threads  # explicit per-task request (drop-in pools' threads=)
+        self.static_threads = static_threads  # --static budget
+
+    @classmethod
+    def wrap(cls, func, threads=None, static_threads=None):
+        if isinstance(func, cls):
+            return func
+        return cls(func, threads, static_threads)
+
+    def __call__(self, *args, **kwargs):
+        with TaskScope(threads=self.threads, static_threads=self.static_threads):
+            return self.func(*args, **kwargs)
+
+    def __reduce__(self):
+        return (Task, (self.func, self.threads, self.static_threads))
+
+    def __repr__(self):
+        return f"composepar.Task({self.func!r})"
 
 
 def enter_main_thread():
-    """Opens the calling (main) thread's lease, as for a task: native calls made
-    outside pools get the main thread's fair share. Idempotent."""
+    """Opens the main thread's scope for the program's life: native calls
+    made outside pools get the main thread's lease. Idempotent."""
+    if _thread.scope is None:
+        TaskScope().__enter__()

@@ -67,6 +67,7 @@ class NativePools:
         self._objects_seen = -1  # loaded_object_count() at the last scan
         self._libraries = []  # _LibraryPool for each BLAS/OpenMP library found
         self._process_threads = None  # the per-process value last applied
+        self._has_tbb = False  # libtbb among the loaded objects at the last scan
 
     def libraries(self):
         """The pools found, rescanning only if a library was loaded since the last look."""
@@ -75,9 +76,13 @@ class NativePools:
             with self.lock:
                 if count != self._objects_seen:
                     self._libraries = [_LibraryPool(c) for c in threadpoolctl.ThreadpoolController().lib_controllers]
+                    self._has_tbb = any("libtbb" in name for name in _loaded_library_names())
                     self._objects_seen = count
                     self._process_threads = None  # new libraries: apply again
         return self._libraries
+
+    def has_per_thread_pools(self):
+        return any(library.per_thread for library in self.libraries()) or "numba" in sys.modules
 
     def set_thread_budget(self, threads):
         """Applies `threads` to the per-thread pools, in the calling thread."""
@@ -103,8 +108,23 @@ class NativePools:
             torch = sys.modules.get("torch")
             if torch is not None and hasattr(torch, "set_num_threads"):
                 torch.set_num_threads(threads)
-            _tbb_limit(threads)
+            if self._has_tbb:
+                _tbb_limit(threads)
             self._process_threads = threads
+
+    def snapshot(self):
+        """The thread counts of every pool now, for restore()."""
+        with self.lock:
+            return [(library, library.get()) for library in self.libraries()], self._process_threads
+
+    def restore(self, saved):
+        """Puts the pools back as snapshot() found them."""
+        values, process_threads = saved
+        with self.lock:
+            for library, threads in values:
+                if threads is not None:
+                    library.set(threads)
+            self._process_threads = process_threads
 
     def describe(self):
         """One line per pool found: for --verbose."""
@@ -113,7 +133,7 @@ class NativePools:
         for module in ("numba", "torch"):
             if module in sys.modules:
                 lines.append(f"{module}: loaded")
-        if _tbb_control.module is not None:
+        if _tbb_control.module:
             lines.append("tbb: global_control")
         return lines
 
@@ -121,7 +141,7 @@ class NativePools:
 class _TbbControl:
     """oneTBB's global_control(max_allowed_parallelism), through tbb4py when libtbb is loaded."""
 
-    module = None  # the tbb module once imported
+    module = None  # the tbb module once imported; False if it cannot be
     current = None  # the live global_control object, replaced on each change
 
 
@@ -130,15 +150,13 @@ _tbb_control = _TbbControl()
 
 def _tbb_limit(threads):
     if _tbb_control.module is None:
-        if not any("libtbb" in name for name in _loaded_library_names()):
-            return
         try:
             import tbb  # tbb4py, shipped by the `tbb` wheel
         except ImportError:
-            return
-        if not hasattr(tbb, "global_control"):
-            return
-        _tbb_control.module = tbb
+            tbb = None
+        _tbb_control.module = tbb if hasattr(tbb, "global_control") else False
+    if not _tbb_control.module:
+        return
     tbb = _tbb_control.module
     new = tbb.global_control(tbb.global_control.max_allowed_parallelism, threads)
     _tbb_control.current = new  # the previous control is dropped: the new limit stands

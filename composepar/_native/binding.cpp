@@ -99,6 +99,10 @@ void raise_python(const char* name, const char* message) {
 
 NB_MODULE(_arbiter, m) {
     m.doc() = "Native core of composepar's shared-memory arbiter (private; use composepar.Arbiter).";
+    // composepar keeps one Arbiter per segment alive for the whole process
+    // (its descriptor carries the slot's fcntl lock), so some instances are
+    // still alive at interpreter exit by design: not a reference leak.
+    nb::set_leak_warnings(false);
     m.attr("SLOT_COUNT") = composepar::kSlotCount;
     m.attr("MAX_CAPACITY") = composepar::kMaxCapacity;
     m.attr("ABI_VERSION") = composepar::kAbiVersion;

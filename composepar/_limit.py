@@ -1,0 +1,81 @@
+"""``composepar.limit``: cap the native parallelism of a block, borrowing from the arbiter."""
+
+import functools
+
+from . import _config, _task
+from ._threadpools import native_pools
+
+__all__ = ["limit"]
+
+
+class limit:
+    """Caps native thread pools (BLAS, OpenMP, ...) inside the block to ``n`` threads.
+
+    ``n=None`` means "my fair share": as many as the arbiter grants. The
+    threads are borrowed from the arbiter: outside any task, the block holds
+    a lease asking for ``n - 1`` extras, so on a busy machine it gets fewer.
+    Nestable (an inner limit never exceeds the outer one) and per thread;
+    the previous pool settings are restored on exit, exceptions included.
+    Usable as a decorator::
+
+        with composepar.limit(2):
+            np.linalg.eigh(a)       # at most 2 BLAS threads, fewer if the machine is busy
+
+        @composepar.limit(1)
+        def task(x): ...
+    """
+
+    __slots__ = ("n", "_frames")
+
+    def __init__(self, n=None):
+        if n is not None:
+            _config.check_positive_int(n, "n")
+        self.n = n  # the cap, or None for the fair share
+        self._frames = []  # one (opened scope or None, saved settings) per active entry, innermost last
+
+    def __enter__(self):
+        caps = _task.thread_caps()
+        scope = _task.current_scope()
+        saved = native_pools.snapshot() if scope is None else None
+        if self.n is not None:
+            caps.append(min(self.n, caps[-1]) if caps else self.n)
+        opened = None
+        if scope is None:
+            extra = None if self.n is None else self.n - 1
+            opened = _task.TaskScope(extra_wanted=extra)
+            opened.__enter__()
+        else:
+            scope.cap = min(caps) if caps else None
+            _task.apply(scope)
+        self._frames.append((opened, saved))
+        return self
+
+    def __exit__(self, *exc_info):
+        opened, saved = self._frames.pop()
+        caps = _task.thread_caps()
+        if self.n is not None and caps:
+            caps.pop()
+        if opened is not None:
+            opened.__exit__(*exc_info)
+            native_pools.restore(saved)
+            return
+        scope = _task.current_scope()
+        if scope is not None:
+            scope.cap = min(caps) if caps else None
+            _task.apply(scope)
+
+    @property
+    def threads(self):
+        """The budget inside the block now (None outside it)."""
+        return _task.current_budget()
+
+    def __call__(self, func):
+        @functools.wraps(func)
+        def limited(*args, **kwargs):
+            with limit(self.n):
+                return func(*args, **kwargs)
+
+        return limited
+
+    def __repr__(self):
+        return f"composepar.limit({self.n!r})"
