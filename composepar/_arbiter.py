@@ -135,6 +135,8 @@ class ProcessStats:
     tokens_wanted: int  # demand not granted (leases and blocked waiters)
     waiters: int  # threads blocked in acquire()
     tokens_waited: int  # sum of min_tokens those waiters wait for
+    pool_demand: int  # tasks this process's pools expect to run now
+    pool_leases_open: int  # leases open for those tasks, here or in worker processes
 
     @property
     def tokens_extra(self):
@@ -318,17 +320,31 @@ class Arbiter:
             )
 
     # -- leases -----------------------------------------------------------
-    def lease(self, extra_wanted: Optional[int] = None) -> Lease:
+    def lease(self, extra_wanted: Optional[int] = None, *, pool_owner_pid: int = 0) -> Lease:
         """Opens a lease for the calling thread; never blocks.
 
         ``extra_wanted``: extra tokens to ask for beyond the thread's own
         (default: capacity - 1, i.e. as many as the policy gives).
+        ``pool_owner_pid``: for a pool's task, the pid of the process that
+        submitted it (see ``set_pool_demand``); 0 for none.
         """
         if extra_wanted is None:
             extra_wanted = self.capacity - 1
         elif isinstance(extra_wanted, bool) or not isinstance(extra_wanted, int) or extra_wanted < 0:
             raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
-        return Lease(self._handle.open_lease(extra_wanted))
+        return Lease(self._handle.open_lease(extra_wanted, pool_owner_pid))
+
+    def set_pool_demand(self, tasks: int) -> None:
+        """Publishes how many tasks this process's pools expect to run now.
+
+        Tasks expected but not yet started count as claimants, so the first
+        task of a pool of P workers gets capacity/P rather than everything;
+        a lone task (demand 1) gets the whole budget. Leases opened with
+        ``pool_owner_pid`` equal to this process's pid count against it.
+        """
+        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0:
+            raise ValueError(f"tasks must be an int >= 0; got {tasks!r} instead")
+        self._handle.set_pool_demand(tasks)
 
     # -- observation ------------------------------------------------------
     def stats(self) -> ArbiterStats:

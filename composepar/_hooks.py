@@ -23,10 +23,10 @@ import functools
 import multiprocessing.pool
 import os
 
-from . import _config
+from . import _config, _demand, _task
 from ._task import Task, idle
 
-__all__ = ["install", "uninstall", "installed", "wrap_task"]
+__all__ = ["install", "uninstall", "installed", "wrap_task", "submit_to_pool", "submit_to_executor", "unpatched"]
 
 _originals = {}  # (owner, attribute name) -> the original attribute, while installed
 _static = False  # --static: fixed split instead of leases
@@ -48,28 +48,70 @@ def wrap_task(func, workers=None, threads=None):
     return Task.wrap(func, threads=threads, static_threads=_static_threads(workers))
 
 
+def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=None):
+    """Queues `func` on a multiprocessing Pool or ThreadPool through `original`,
+    as a Task, with the pool's demand published first."""
+    workers = pool._processes
+    task = wrap_task(func, workers, threads)
+    if _static:
+        return original(pool, task, *args, **kwargs)
+    arbiter = _task.get_arbiter()
+    estimate = _demand.before_submit(arbiter, pool, workers, new_tasks)
+    _task.wake_refresher()
+    try:
+        return original(pool, task, *args, **kwargs)
+    finally:
+        _demand.after_submit(arbiter, pool, estimate)
+
+
+def submit_to_executor(executor, original, fn, args, kwargs):
+    """Submits `fn` to a concurrent.futures executor through `original`, as a Task."""
+    workers = executor._max_workers
+    task = wrap_task(fn, workers)
+    if _static:
+        return original(executor, task, *args, **kwargs)
+    arbiter = _task.get_arbiter()
+    estimate = _demand.before_submit(arbiter, executor, workers, executor=True)
+    _task.wake_refresher()
+    try:
+        future = original(executor, task, *args, **kwargs)
+    except BaseException:
+        _demand.after_submit(arbiter, executor, estimate, failed=True)
+        raise
+    _demand.after_submit(arbiter, executor, estimate, future)
+    return future
+
+
+def unpatched(owner, name):
+    """The stdlib's own `owner.name`, whether or not the hooks are installed."""
+    return _originals.get((owner, name), getattr(owner, name))
+
+
 def _patch(owner, name, make):
     original = getattr(owner, name)
     _originals[(owner, name)] = original
     setattr(owner, name, make(original))
 
 
-def _wrapping_func(position):
-    """A patch that wraps the argument at `position` (after self) in a Task."""
+def _pool_submit(new_tasks):
+    """A patch of a Pool method whose first argument is the function to run."""
 
     def make(original):
         @functools.wraps(original)
-        def patched(self, *args, **kwargs):
-            workers = getattr(self, "_processes", None) or getattr(self, "_max_workers", None)
-            if len(args) > position:
-                args = args[:position] + (wrap_task(args[position], workers),) + args[position + 1:]
-            elif "func" in kwargs:
-                kwargs["func"] = wrap_task(kwargs["func"], workers)
-            return original(self, *args, **kwargs)
+        def patched(self, func, *args, **kwargs):
+            return submit_to_pool(self, original, func, args, kwargs, new_tasks)
 
         return patched
 
     return make
+
+
+def _executor_submit(original):
+    @functools.wraps(original)
+    def patched(self, fn, /, *args, **kwargs):
+        return submit_to_executor(self, original, fn, args, kwargs)
+
+    return patched
 
 
 def _idle_while(skip_if_ready=None):
@@ -104,10 +146,11 @@ def install(static=False):
     if _originals:
         return
     pool = multiprocessing.pool
-    for name in ("apply_async", "_map_async", "imap", "imap_unordered"):
-        _patch(pool.Pool, name, _wrapping_func(0))
+    _patch(pool.Pool, "apply_async", _pool_submit(new_tasks=1))
+    for name in ("_map_async", "imap", "imap_unordered"):
+        _patch(pool.Pool, name, _pool_submit(new_tasks=None))
     for executor in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
-        _patch(executor, "submit", _wrapping_func(0))
+        _patch(executor, "submit", _executor_submit)
         _patch(executor, "shutdown", _idle_while())
     _patch(pool.ApplyResult, "wait", _idle_while(lambda result: result.ready()))
     _patch(pool.IMapIterator, "next", _idle_while())

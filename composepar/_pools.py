@@ -23,7 +23,7 @@ import weakref
 
 from . import _config
 from ._errors import BrokenPoolError
-from ._hooks import wrap_task
+from ._hooks import submit_to_executor, submit_to_pool, unpatched
 
 __all__ = ["Pool", "ThreadPool", "ProcessPoolExecutor", "ThreadPoolExecutor"]
 
@@ -35,34 +35,44 @@ def _checked_threads(threads):
 
 
 class _TaskWrapping:
-    """The Pool methods, with ``func`` wrapped in a composepar Task."""
+    """The Pool methods, with ``func`` run as a composepar Task (see the module doc).
 
-    def _wrap(self, func, threads):
-        return wrap_task(func, self._processes, _checked_threads(threads))
+    Every public method goes through apply_async, _map_async, imap or
+    imap_unordered in the stdlib, so those four submit; the others only add
+    the ``threads=`` keyword.
+    """
+
+    def _submit(self, original, func, args, kwargs, new_tasks, threads):
+        return submit_to_pool(self, original, func, args, kwargs, new_tasks, _checked_threads(threads))
 
     def apply(self, func, args=(), kwds={}, *, threads=None):  # noqa: B006 - the stdlib signature
-        return super().apply(self._wrap(func, threads), args, kwds)
+        return self.apply_async(func, args, kwds, threads=threads).get()
 
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None, *, threads=None):  # noqa: B006
-        return super().apply_async(self._wrap(func, threads), args, kwds, callback, error_callback)
+        parent = unpatched(multiprocessing.pool.Pool, "apply_async")
+        return self._submit(parent, func, (args, kwds, callback, error_callback), {}, 1, threads)
 
     def map(self, func, iterable, chunksize=None, *, threads=None):
-        return super().map(self._wrap(func, threads), iterable, chunksize)
+        return self.map_async(func, iterable, chunksize, threads=threads).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *, threads=None):
-        return super().map_async(self._wrap(func, threads), iterable, chunksize, callback, error_callback)
+        parent = unpatched(multiprocessing.pool.Pool, "_map_async")
+        args = (iterable, multiprocessing.pool.mapstar, chunksize, callback, error_callback)
+        return self._submit(parent, func, args, {}, None, threads)
 
     def starmap(self, func, iterable, chunksize=None, *, threads=None):
-        return super().starmap(self._wrap(func, threads), iterable, chunksize)
+        return self.starmap_async(func, iterable, chunksize, threads=threads).get()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *, threads=None):
-        return super().starmap_async(self._wrap(func, threads), iterable, chunksize, callback, error_callback)
+        parent = unpatched(multiprocessing.pool.Pool, "_map_async")
+        args = (iterable, multiprocessing.pool.starmapstar, chunksize, callback, error_callback)
+        return self._submit(parent, func, args, {}, None, threads)
 
     def imap(self, func, iterable, chunksize=1, *, threads=None):
-        return super().imap(self._wrap(func, threads), iterable, chunksize)
+        return self._submit(unpatched(multiprocessing.pool.Pool, "imap"), func, (iterable, chunksize), {}, None, threads)
 
     def imap_unordered(self, func, iterable, chunksize=1, *, threads=None):
-        return super().imap_unordered(self._wrap(func, threads), iterable, chunksize)
+        return self._submit(unpatched(multiprocessing.pool.Pool, "imap_unordered"), func, (iterable, chunksize), {}, None, threads)
 
 
 class Pool(_TaskWrapping, multiprocessing.pool.Pool):
@@ -139,15 +149,18 @@ class ThreadPool(_TaskWrapping, multiprocessing.pool.ThreadPool):
     """``multiprocessing.pool.ThreadPool`` coordinated through the arbiter."""
 
 
-class _ExecutorWrapping:
-    def submit(self, fn, /, *args, **kwargs):
-        return super().submit(wrap_task(fn, self._max_workers), *args, **kwargs)
-
-
-class ProcessPoolExecutor(_ExecutorWrapping, concurrent.futures.ProcessPoolExecutor):
+class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` coordinated through the arbiter
     (it already raises BrokenProcessPool when a worker dies)."""
 
+    def submit(self, fn, /, *args, **kwargs):
+        original = unpatched(concurrent.futures.ProcessPoolExecutor, "submit")
+        return submit_to_executor(self, original, fn, args, kwargs)
 
-class ThreadPoolExecutor(_ExecutorWrapping, concurrent.futures.ThreadPoolExecutor):
+
+class ThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     """``concurrent.futures.ThreadPoolExecutor`` coordinated through the arbiter."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        original = unpatched(concurrent.futures.ThreadPoolExecutor, "submit")
+        return submit_to_executor(self, original, fn, args, kwargs)

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 
+from . import _config, _demand
 from ._arbiter import Arbiter
 from ._threadpools import native_pools
 
@@ -59,15 +60,21 @@ _arbiter = None  # this process's Arbiter, made on first use
 def _reset_after_fork():
     global _process
     _process = _ProcessState()
+    _demand.reset_after_fork()
     _thread.scope, _thread.depth, _thread.caps = None, 0, []
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
+def get_arbiter():
+    return _get_arbiter()
+
+
 def _get_arbiter():
+    """The Arbiter of the current COMPOSEPAR_DOMAIN (re-read: a pool initializer may set it)."""
     global _arbiter
-    if _arbiter is None:
+    if _arbiter is None or _arbiter.domain != _config.resolve_domain():
         _arbiter = Arbiter()
     return _arbiter
 
@@ -95,10 +102,11 @@ class TaskScope:
     budget (the launcher's --static mode). Neither: a lease, never blocking.
     """
 
-    __slots__ = ("_extra_wanted", "_threads", "_static", "_lease", "_explicit", "_outer", "cap")
+    __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_lease", "_explicit", "_outer", "cap")
 
-    def __init__(self, extra_wanted=None, threads=None, static_threads=None):
+    def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0):
         self._extra_wanted = extra_wanted  # None: as many as the policy gives
+        self._owner_pid = owner_pid  # pid of the process whose pool submitted the task; 0: none
         self._threads = threads  # explicit request, or None
         self._static = static_threads  # fixed budget, or None
         self._lease = None  # composepar.Lease while open
@@ -141,7 +149,7 @@ class TaskScope:
             if self._threads is not None:
                 self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
             else:
-                self._lease = arbiter.lease(self._extra_wanted)
+                self._lease = arbiter.lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
                 _start_running(self)
         apply(self)
 
@@ -165,7 +173,7 @@ class TaskScope:
 
     def resume(self):
         if self._lease is None and self._static is None and not self._explicit:
-            self._lease = _get_arbiter().lease(self._extra_wanted)
+            self._lease = _get_arbiter().lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
             _start_running(self)
             apply(self)
 
@@ -199,6 +207,17 @@ def _apply_process_budget(state=None):
 def _start_running(scope):
     with _process.lock:
         _process.running[scope] = None
+    wake_refresher()
+
+
+def _stop_running(scope):
+    with _process.lock:
+        _process.running.pop(scope, None)
+
+
+def wake_refresher():
+    """Starts (or wakes) the process's refresher: there are leases or pool demand to follow."""
+    with _process.lock:
         _process.wake.set()
         if _process.refresher is None:
             _process.refresher = threading.Thread(
@@ -206,24 +225,22 @@ def _start_running(scope):
             _process.refresher.start()
 
 
-def _stop_running(scope):
-    with _process.lock:
-        _process.running.pop(scope, None)
-        if not _process.running:
-            _process.wake.clear()
-
-
 def _refresh_loop(state):
+    """Every REFRESH_SECONDS: republish pool demand; refresh leases and per-process pools."""
     while state is _process:  # a fork child gets a new state and its own refresher
         state.wake.wait()
-        if native_pools.has_per_thread_pools():
-            time.sleep(REFRESH_SECONDS * 10)  # budgets follow at task starts only (see module doc)
-            continue
+        if _demand.has_demand():
+            _demand.republish()
         with state.lock:
             scopes = list(state.running)
-        for scope in scopes:
-            scope.refresh()
-        _apply_process_budget(state)
+            if not scopes and not _demand.has_demand():
+                state.wake.clear()  # nothing to follow until the next lease or submit
+        if scopes and not native_pools.has_per_thread_pools():
+            # Per-thread pools can only be set by their own thread: their
+            # budget follows at task starts only (see the module doc).
+            for scope in scopes:
+                scope.refresh()
+            _apply_process_budget(state)
         time.sleep(REFRESH_SECONDS)
 
 
@@ -247,25 +264,26 @@ class idle:
 class Task:
     """A picklable callable that runs ``func`` inside a TaskScope (what pools submit)."""
 
-    __slots__ = ("func", "threads", "static_threads")
+    __slots__ = ("func", "threads", "static_threads", "owner_pid")
 
-    def __init__(self, func, threads=None, static_threads=None):
+    def __init__(self, func, threads=None, static_threads=None, owner_pid=0):
         self.func = func
         self.threads = threads  # explicit per-task request (drop-in pools' threads=)
         self.static_threads = static_threads  # --static budget
+        self.owner_pid = owner_pid  # the submitting process: its pool demand counts this task
 
     @classmethod
     def wrap(cls, func, threads=None, static_threads=None):
         if isinstance(func, cls):
             return func
-        return cls(func, threads, static_threads)
+        return cls(func, threads, static_threads, os.getpid())
 
     def __call__(self, *args, **kwargs):
-        with TaskScope(threads=self.threads, static_threads=self.static_threads):
+        with TaskScope(threads=self.threads, static_threads=self.static_threads, owner_pid=self.owner_pid):
             return self.func(*args, **kwargs)
 
     def __reduce__(self):
-        return (Task, (self.func, self.threads, self.static_threads))
+        return (Task, (self.func, self.threads, self.static_threads, self.owner_pid))
 
     def __repr__(self):
         return f"composepar.Task({self.func!r})"

@@ -2,8 +2,8 @@
 
 BLAS and OpenMP runtimes are found and driven through threadpoolctl: one
 cached ``ThreadpoolController``, rescanned only when the number of loaded
-shared objects changed (a dlopen since the last look). numba, torch and
-oneTBB (through tbb4py's ``global_control``) are driven when loaded.
+shared objects changed (a dlopen since the last look). numba and torch are
+driven when imported, oneTBB (``global_control``) when libtbb is loaded.
 
 Two kinds of pools::
 
@@ -19,6 +19,7 @@ OpenBLAS reads its count at every call, so changing the per-process value
 while a task runs takes effect at the task's next BLAS call.
 """
 
+import ctypes
 import sys
 import threading
 
@@ -76,7 +77,7 @@ class NativePools:
             with self.lock:
                 if count != self._objects_seen:
                     self._libraries = [_LibraryPool(c) for c in threadpoolctl.ThreadpoolController().lib_controllers]
-                    self._has_tbb = any("libtbb" in name for name in _loaded_library_names())
+                    self._has_tbb = any("/libtbb.so" in name for name in _loaded_library_names())
                     self._objects_seen = count
                     self._process_threads = None  # new libraries: apply again
         return self._libraries
@@ -109,7 +110,7 @@ class NativePools:
             if torch is not None and hasattr(torch, "set_num_threads"):
                 torch.set_num_threads(threads)
             if self._has_tbb:
-                _tbb_limit(threads)
+                _tbb_control.limit(threads)
             self._process_threads = threads
 
     def snapshot(self):
@@ -133,33 +134,59 @@ class NativePools:
         for module in ("numba", "torch"):
             if module in sys.modules:
                 lines.append(f"{module}: loaded")
-        if _tbb_control.module:
-            lines.append("tbb: global_control")
+        if self._has_tbb:
+            lines.append("tbb: global_control(max_allowed_parallelism)")
         return lines
 
 
-class _TbbControl:
-    """oneTBB's global_control(max_allowed_parallelism), through tbb4py when libtbb is loaded."""
+class _GlobalControl(ctypes.Structure):
+    """oneTBB's d1::global_control (oneTBB 2021+), passed to r1::create/destroy."""
 
-    module = None  # the tbb module once imported; False if it cannot be
-    current = None  # the live global_control object, replaced on each change
+    _fields_ = [("value", ctypes.c_size_t), ("reserved", ctypes.c_ssize_t), ("parameter", ctypes.c_int)]
+
+
+_MAX_ALLOWED_PARALLELISM = 0  # d1::global_control::max_allowed_parallelism
+_TBB_CREATE = "_ZN3tbb6detail2r16createERNS0_2d114global_controlE"
+_TBB_DESTROY = "_ZN3tbb6detail2r17destroyERNS0_2d114global_controlE"
+
+
+class _TbbControl:
+    """oneTBB's global_control(max_allowed_parallelism), through libtbb's exported r1 entry points.
+
+    TBB keeps a pointer to the control object until destroy(), so the live
+    one is held here; a change creates the new control, then destroys the old.
+    """
+
+    def __init__(self):
+        self.library = None  # ctypes.CDLL of the loaded libtbb, False if unusable
+        self.current = None  # the live _GlobalControl
+
+    def limit(self, threads):
+        if self.library is None:
+            self.library = _load_tbb()
+        if not self.library:
+            return
+        control = _GlobalControl(threads, 0, _MAX_ALLOWED_PARALLELISM)
+        getattr(self.library, _TBB_CREATE)(ctypes.byref(control))
+        previous, self.current = self.current, control
+        if previous is not None:
+            getattr(self.library, _TBB_DESTROY)(ctypes.byref(previous))
+
+
+def _load_tbb():
+    paths = [name for name in _loaded_library_names() if "/libtbb.so" in name]
+    for path in paths:
+        try:
+            library = ctypes.CDLL(path)
+            getattr(library, _TBB_CREATE)
+            getattr(library, _TBB_DESTROY)
+            return library
+        except (OSError, AttributeError):
+            continue
+    return False
 
 
 _tbb_control = _TbbControl()
-
-
-def _tbb_limit(threads):
-    if _tbb_control.module is None:
-        try:
-            import tbb  # tbb4py, shipped by the `tbb` wheel
-        except ImportError:
-            tbb = None
-        _tbb_control.module = tbb if hasattr(tbb, "global_control") else False
-    if not _tbb_control.module:
-        return
-    tbb = _tbb_control.module
-    new = tbb.global_control(tbb.global_control.max_allowed_parallelism, threads)
-    _tbb_control.current = new  # the previous control is dropped: the new limit stands
 
 
 def _loaded_library_names():

@@ -137,3 +137,60 @@ def attach_and_block(domain, ready_fd, release_fd):
     os.write(ready_fd, b"x")
     os.read(release_fd, 1)
     lease.close()
+
+
+# --- native-library tasks (test_native_libs.py) ----------------------------
+
+_native = {}  # this worker's: "budget" and "team" callables, the ledger, the capacity
+
+
+def init_native_worker(domain, ledger, capacity, kind, path):
+    """Pool initializer: join the test's domain and load the library before any task."""
+    os.environ["COMPOSEPAR_DOMAIN"] = domain
+    _native.update(ledger=ledger, capacity=capacity)
+    if kind == "openmp":
+        import ctypes
+
+        library = ctypes.CDLL(path)
+        _native.update(budget=library.omp_budget, team=lambda spin: library.omp_team(ctypes.c_long(spin)))
+    elif kind == "tbb":
+        import ctypes
+
+        library = ctypes.CDLL(path)
+        _native.update(budget=library.tbb_budget, team=lambda spin: library.tbb_team(ctypes.c_long(spin)))
+    elif kind == "mkl":
+        import ctypes
+
+        library = ctypes.CDLL(path)
+        _native.update(budget=library.MKL_Get_Max_Threads, team=lambda spin: library.MKL_Get_Max_Threads())
+    elif kind == "openblas":
+        import numpy
+        from threadpoolctl import ThreadpoolController
+
+        controller = ThreadpoolController().select(internal_api="openblas")
+        matrix = numpy.random.default_rng(0).random((300, 300))
+
+        def openblas_budget():
+            return min(lib.num_threads for lib in controller.lib_controllers)
+
+        def openblas_team(spin):
+            team = openblas_budget()
+            for _ in range(max(1, spin // 2_000_000)):
+                matrix @ matrix  # a real BLAS call with the budget in force
+            return team  # (the refresher may grow it mid-task once siblings finish)
+
+        _native.update(budget=openblas_budget, team=openblas_team)
+    else:
+        raise ValueError(kind)
+
+
+def native_task(spin):
+    """Records this task's native threads in the ledger while its kernel runs."""
+    ledger, capacity = _native["ledger"], _native["capacity"]
+    budget = _native["budget"]()
+    ledger.add(0, budget, capacity)
+    try:
+        team = _native["team"](spin)
+    finally:
+        ledger.remove(0, budget)
+    return os.getpid(), budget, team

@@ -17,7 +17,7 @@ import _workers
 from composepar import Arbiter, WouldBlock
 from conftest import START_METHODS
 
-HEADER_BYTES, SLOT_BYTES = 192, 64
+HEADER_BYTES, SLOT_BYTES = 192, 128
 MUTEX_OFFSET, TOKENS_FREE_OFFSET = 40, 132
 
 

@@ -75,8 +75,10 @@ constexpr std::int64_t kWaitSliceNs = 100'000'000;  // blocked waiters reap and 
 
 std::uint32_t sub_sat(std::uint32_t a, std::uint32_t b) { return a > b ? a - b : 0; }
 
+std::uint32_t pool_unstarted(const Slot& s) { return sub_sat(s.pool_demand, s.pool_leases_open); }
+
 std::uint32_t claimants(const Slot& s) {
-    return s.threads_active + s.waiters + (s.tokens_explicit > 0 ? 1u : 0u);
+    return s.threads_active + s.waiters + (s.tokens_explicit > 0 ? 1u : 0u) + pool_unstarted(s);
 }
 
 std::uint32_t lease_wanted(const LeaseState& st) {
@@ -168,12 +170,13 @@ struct Arbiter::Edit {
     template <class Change>
     static void apply(Header& h, Slot& s, Change&& change) {
         const std::uint32_t held = s.tokens_held, claim = claimants(s), wanted = s.tokens_wanted,
-                            waiters = s.waiters;
+                            waiters = s.waiters, unstarted = pool_unstarted(s);
         change(s);
         h.tokens_free = h.tokens_free + held - s.tokens_held;
         h.claimants_total = h.claimants_total + claimants(s) - claim;
         h.wanted_total = h.wanted_total + s.tokens_wanted - wanted;
         h.waiters_total = h.waiters_total + s.waiters - waiters;
+        h.pool_unstarted_total = h.pool_unstarted_total + pool_unstarted(s) - unstarted;
     }
 };
 
@@ -403,6 +406,7 @@ std::uint32_t Arbiter::reap_locked(bool& freed_tokens) {
         Slot& s = m_segment->slots[i];
         if (s.owner_pid == 0 || slot_is_alive(i)) continue;
         if (s.tokens_held > 0) freed_tokens = true;
+        uncount_for_owner(s, s.pool_owner, s.pool_owner_pid, s.leases_for_owner);
         h.tokens_reclaimed += s.tokens_held;
         h.processes_reaped += 1;
         Edit::apply(h, s, [](Slot& dead) {
@@ -420,7 +424,7 @@ void Arbiter::repair_after_owner_death() {
     Header& h = m_segment->header;
     h.slots_used = std::min(h.slots_used, kSlotCount);
     std::uint64_t held = 0;
-    std::uint32_t claim = 0, wanted = 0, waiters = 0;
+    std::uint32_t claim = 0, wanted = 0, waiters = 0, unstarted = 0;
     for (std::uint32_t i = 0; i < h.slots_used; ++i) {
         const Slot& s = m_segment->slots[i];
         if (s.owner_pid == 0) continue;
@@ -428,7 +432,9 @@ void Arbiter::repair_after_owner_death() {
         claim += claimants(s);
         wanted += s.tokens_wanted;
         waiters += s.waiters;
+        unstarted += pool_unstarted(s);
     }
+    h.pool_unstarted_total = unstarted;
     h.tokens_free = held >= h.capacity ? 0 : h.capacity - static_cast<std::uint32_t>(held);
     h.claimants_total = claim;
     h.wanted_total = wanted;
@@ -447,12 +453,14 @@ std::uint32_t Arbiter::fair_share(const Claim& mine) const {
 
 bool Arbiter::another_is_below_share_and_wanting(const Claim& mine) const {
     const Header& h = m_segment->header;
-    if (h.wanted_total <= mine.wanted) return false;  // nobody else asks: work conserving
+    if (h.wanted_total <= mine.wanted && h.pool_unstarted_total == 0) return false;  // nobody else asks
     const std::uint64_t share = fair_share(mine);
     const std::uint32_t used = std::min(h.slots_used, kSlotCount);
     for (std::uint32_t i = 0; i < used; ++i) {
         const Slot& s = m_segment->slots[i];
-        if (s.owner_pid == 0 || s.tokens_wanted == 0) continue;
+        if (s.owner_pid == 0) continue;
+        if (pool_unstarted(s) > 0) return true;  // expected tasks hold nothing yet: below any share
+        if (s.tokens_wanted == 0) continue;
         // In the caller's own slot, look only at the caller's siblings
         // (other threads of this process): take the caller's part out.
         const bool own = (i == m_slot);
@@ -576,7 +584,40 @@ std::uint32_t Arbiter::tokens_explicit() {
 
 // ---------------------------------------------------------------- leases
 
-std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, LeaseState& state) {
+std::uint32_t Arbiter::find_pool_owner(Slot& self, std::int32_t pool_owner_pid) {
+    if (pool_owner_pid <= 0) return kSlotCount;
+    if (pool_owner_pid == m_pid) return m_slot;  // a thread pool of this process
+    const std::uint32_t used = std::min(m_segment->header.slots_used, kSlotCount);
+    std::uint32_t owner = self.pool_owner;
+    if (self.pool_owner_pid != pool_owner_pid || owner >= used || m_segment->slots[owner].owner_pid != pool_owner_pid) {
+        if (self.leases_for_owner > 0) return kSlotCount;  // counted for another owner now: count this one nowhere
+        owner = kSlotCount;
+        for (std::uint32_t i = 0; i < used && owner == kSlotCount; ++i)
+            if (m_segment->slots[i].owner_pid == pool_owner_pid) owner = i;
+        if (owner == kSlotCount) return kSlotCount;  // the owner never attached: nothing to count against
+        self.pool_owner = owner;
+        self.pool_owner_pid = pool_owner_pid;
+    }
+    return owner;
+}
+
+void Arbiter::uncount_for_owner(Slot& worker, std::uint32_t owner, std::int32_t owner_pid, std::uint32_t leases) {
+    if (owner >= std::min(m_segment->header.slots_used, kSlotCount) || leases == 0) return;
+    Slot& o = m_segment->slots[owner];
+    if (o.owner_pid != owner_pid || owner_pid == 0) return;  // the owner is gone; its slot may be another's
+    Edit::apply(m_segment->header, o, [leases](Slot& me) { me.pool_leases_open = sub_sat(me.pool_leases_open, leases); });
+    if (&o != &worker)
+        Edit::apply(m_segment->header, worker, [leases](Slot& me) {
+            me.leases_for_owner = sub_sat(me.leases_for_owner, leases);
+        });
+}
+
+void Arbiter::set_pool_demand(std::uint32_t tasks) {
+    Guard guard(*this);
+    Edit::apply(m_segment->header, own_slot(guard), [tasks](Slot& me) { me.pool_demand = tasks; });
+}
+
+std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, std::int32_t pool_owner_pid, LeaseState& state) {
     Header& h = m_segment->header;
     Guard guard(*this);
     Slot& s = own_slot(guard);
@@ -591,6 +632,13 @@ std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, LeaseState& state)
         me.tokens_held += state.own_token;
         me.leases_overdrawn += 1 - state.own_token;
     });
+    // A pool task: it is no longer an expected claimant of its owner but a running one.
+    state.owner = find_pool_owner(s, pool_owner_pid);
+    state.owner_pid = state.owner == kSlotCount ? 0 : m_segment->slots[state.owner].owner_pid;
+    if (state.owner != kSlotCount) {
+        Edit::apply(h, m_segment->slots[state.owner], [](Slot& owner) { owner.pool_leases_open += 1; });
+        if (state.owner != m_slot) Edit::apply(h, s, [](Slot& me) { me.leases_for_owner += 1; });
+    }
     // The share now counts this lease as a claimant.
     const std::uint32_t extra = state.own_token ? grant_cap(Claim{1, 0, 0, 1}, extra_wanted) : 0;
     Edit::apply(h, s, [&](Slot& me) {
@@ -649,6 +697,7 @@ void Arbiter::lease_close(std::uint64_t lease_epoch, LeaseState& state) {
         return;
     }
     Slot& s = own_slot(guard);
+    uncount_for_owner(s, state.owner, state.owner_pid, 1);
     const std::uint32_t held = state.own_token + state.tokens_extra;
     const std::uint32_t wanted = lease_wanted(state);
     const std::uint32_t overdrawn = 1 - state.own_token;
@@ -677,7 +726,8 @@ SegmentStats Arbiter::stats() {
         if (s.owner_pid == 0) continue;
         out.processes.push_back(ProcessStats{s.owner_pid, std::string(s.command, strnlen(s.command, sizeof s.command)),
                                              s.threads_active, s.leases_overdrawn, s.tokens_held, s.tokens_explicit,
-                                             s.tokens_wanted, s.waiters, s.tokens_waited});
+                                             s.tokens_wanted, s.waiters, s.tokens_waited, s.pool_demand,
+                                             s.pool_leases_open});
     }
     return out;
 }
@@ -685,7 +735,7 @@ SegmentStats Arbiter::stats() {
 std::string Arbiter::check_invariants() {
     Guard guard(*this);
     const Header& h = m_segment->header;
-    std::uint64_t held = 0, claim = 0, wanted = 0, waiters = 0;
+    std::uint64_t held = 0, claim = 0, wanted = 0, waiters = 0, unstarted = 0;
     std::string problems;
     const std::uint32_t used = std::min(h.slots_used, kSlotCount);
     for (std::uint32_t i = 0; i < used; ++i) {
@@ -699,6 +749,7 @@ std::string Arbiter::check_invariants() {
         claim += claimants(s);
         wanted += s.tokens_wanted;
         waiters += s.waiters;
+        unstarted += pool_unstarted(s);
         if (s.leases_overdrawn > s.threads_active)
             problems += "slot " + std::to_string(i) + " has more overdrawn leases than leases; ";
         if (s.tokens_held < s.tokens_explicit + (s.threads_active - s.leases_overdrawn))
@@ -711,6 +762,7 @@ std::string Arbiter::check_invariants() {
     if (claim != h.claimants_total) problems += "claimants_total out of date; ";
     if (wanted != h.wanted_total) problems += "wanted_total out of date; ";
     if (waiters != h.waiters_total) problems += "waiters_total out of date; ";
+    if (unstarted != h.pool_unstarted_total) problems += "pool_unstarted_total out of date; ";
     return problems;
 }
 

@@ -40,6 +40,8 @@ struct ProcessStats {
     std::uint32_t tokens_wanted;
     std::uint32_t waiters;
     std::uint32_t tokens_waited;
+    std::uint32_t pool_demand;
+    std::uint32_t pool_leases_open;
 };
 
 struct SegmentStats {
@@ -56,6 +58,8 @@ struct LeaseState {
     std::uint32_t own_token;     // 1 if the lease holds its thread's token, 0 if overdrawn
     std::uint32_t tokens_extra;  // extra tokens held for inner native threads
     std::uint32_t extra_wanted;  // extras asked for (granted or not)
+    std::uint32_t owner = kSlotCount;  // slot of the pool owner it is counted for; kSlotCount: none
+    std::int32_t owner_pid = 0;        // that owner's pid, checked before the count is undone
 };
 
 // Outcome of an explicit acquisition attempt.
@@ -95,14 +99,23 @@ public:
 
     // --- leases: one per thread running a task (never blocks) ---
     // Takes the thread's own token if one is free (else runs overdrawn) and
-    // up to `extra_wanted` extras within the fair-share policy.
-    std::uint64_t lease_open(std::uint32_t extra_wanted, LeaseState& state);
+    // up to `extra_wanted` extras within the fair-share policy. A lease for
+    // a pool's task names the pid of the process that submitted it
+    // (`pool_owner_pid`, this process's own for a thread pool, 0 for none):
+    // it is counted against that owner's pool demand.
+    std::uint64_t lease_open(std::uint32_t extra_wanted, std::int32_t pool_owner_pid, LeaseState& state);
     // Re-applies the policy: takes the own token if it was overdrawn and
     // one is free, grows extras from free capacity, or gives extras above
     // the fair share back when another process below its share wants them.
     void lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wanted, LeaseState& state);
     // Gives everything back. A lease opened before a fork is a no-op in the child.
     void lease_close(std::uint64_t lease_epoch, LeaseState& state);
+
+    // --- pools this process owns ---
+    // Tasks this process's pools expect to run now (sum of min(workers,
+    // outstanding tasks)). Those without a lease yet count as claimants,
+    // so the first task of a pool does not take its siblings' share.
+    void set_pool_demand(std::uint32_t tasks);
 
     // --- observation and maintenance ---
     SegmentStats stats();
@@ -148,6 +161,8 @@ private:
     std::uint32_t try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
                                      bool waiting, bool& freed_tokens);
     void commit_lease(Slot& s, const LeaseState& before, const LeaseState& after);
+    std::uint32_t find_pool_owner(Slot& self, std::int32_t pool_owner_pid);
+    void uncount_for_owner(Slot& worker, std::uint32_t owner, std::int32_t owner_pid, std::uint32_t leases);
 
     std::string m_path;                 // /dev/shm/composepar-<uid>-<domain>
     FileDescriptor m_fd;                // kept open for life: carries the slot's fcntl lock

@@ -28,9 +28,9 @@ namespace {
 // thread and a refresher thread may both use it: m_mutex orders them.
 class Lease {
 public:
-    Lease(Arbiter& arbiter, std::uint32_t extra_wanted) : m_arbiter(arbiter) {
+    Lease(Arbiter& arbiter, std::uint32_t extra_wanted, std::int32_t pool_owner_pid) : m_arbiter(arbiter) {
         nb::gil_scoped_release unlocked;
-        m_epoch = m_arbiter.lease_open(extra_wanted, m_state);
+        m_epoch = m_arbiter.lease_open(extra_wanted, pool_owner_pid, m_state);
     }
     ~Lease() {
         std::lock_guard<std::mutex> lock(m_mutex);
@@ -161,8 +161,11 @@ NB_MODULE(_arbiter, m) {
         .def("tokens_explicit", &Arbiter::tokens_explicit, nb::call_guard<nb::gil_scoped_release>())
         .def(
             "open_lease",
-            [](Arbiter& self, std::uint32_t extra_wanted) { return new Lease(self, extra_wanted); },
-            "extra_wanted"_a, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
+            [](Arbiter& self, std::uint32_t extra_wanted, std::int32_t pool_owner_pid) {
+                return new Lease(self, extra_wanted, pool_owner_pid);
+            },
+            "extra_wanted"_a, "pool_owner_pid"_a = 0, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
+        .def("set_pool_demand", &Arbiter::set_pool_demand, "tasks"_a, nb::call_guard<nb::gil_scoped_release>())
         .def(
             "stats",
             [](Arbiter& self) {
@@ -175,7 +178,7 @@ NB_MODULE(_arbiter, m) {
                 for (const auto& p : s.processes)
                     processes.append(nb::make_tuple(p.pid, p.command, p.threads_active, p.leases_overdrawn,
                                                     p.tokens_held, p.tokens_explicit, p.tokens_wanted, p.waiters,
-                                                    p.tokens_waited));
+                                                    p.tokens_waited, p.pool_demand, p.pool_leases_open));
                 return nb::make_tuple(s.capacity, s.tokens_free, s.claimants, s.tokens_reclaimed,
                                       s.processes_reaped, processes);
             })

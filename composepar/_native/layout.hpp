@@ -32,7 +32,7 @@ namespace composepar {
 // "CPARBITR" in little-endian bytes: the first eight bytes of every segment.
 inline constexpr std::uint64_t kMagic = 0x5254494252415043ULL;
 // Increment whenever the layout of Header or Slot changes.
-inline constexpr std::uint32_t kAbiVersion = 1;
+inline constexpr std::uint32_t kAbiVersion = 2;
 // The most processes attached to one segment at once.
 inline constexpr std::uint32_t kSlotCount = 4096;
 // The largest capacity a segment accepts (tokens are counted in uint32).
@@ -58,7 +58,18 @@ struct alignas(64) Slot {
     std::uint32_t tokens_wanted;     // demand asked for and not granted (leases and blocked waiters)
     std::uint32_t waiters;           // threads blocked in acquire()
     std::uint32_t tokens_waited;     // sum of min_tokens the blocked waiters wait for
-    std::uint32_t reserved1;         // zero
+
+    // --- pools this process owns (it submits their tasks) ---
+    // Tasks that are expected but have no lease yet count as claimants:
+    // pool_unstarted(slot) = max(0, pool_demand - pool_leases_open)
+    std::uint32_t pool_demand;       // tasks its pools expect to run now: sum of min(workers, outstanding)
+    std::uint32_t pool_leases_open;  // leases now open for its pools' tasks, here or in worker processes
+
+    // --- the pool this process works for (a pool worker) ---
+    std::uint32_t pool_owner;        // slot index of that pool's owner; kSlotCount if none
+    std::int32_t pool_owner_pid;     // its pid: a recycled owner slot is not ours
+    std::uint32_t leases_for_owner;  // this slot's open leases counted in pool_owner's pool_leases_open
+    std::uint32_t reserved1[12];     // zero
 };
 
 struct Header {
@@ -87,7 +98,7 @@ struct Header {
     std::uint32_t wanted_total;     // sum(slot.tokens_wanted)
     std::uint32_t waiters_total;    // sum(slot.waiters)
     std::uint32_t slots_used;       // slots [slots_used, kSlotCount) have never been used
-    std::uint32_t reserved2;        // zero
+    std::uint32_t pool_unstarted_total;  // sum over slots of max(0, pool_demand - pool_leases_open)
     std::uint64_t tokens_reclaimed;   // tokens taken back from dead processes, ever
     std::uint64_t processes_reaped;   // dead processes whose slot was recycled, ever
 };
@@ -101,8 +112,9 @@ static_assert(std::atomic<std::uint64_t>::is_always_lock_free);
 static_assert(std::atomic<std::uint32_t>::is_always_lock_free);
 static_assert(sizeof(std::atomic<std::uint32_t>) == 4);
 static_assert(std::is_standard_layout_v<Header> && std::is_standard_layout_v<Slot>);
-static_assert(sizeof(Slot) == 64, "Slot layout changed: bump kAbiVersion");
+static_assert(sizeof(Slot) == 128, "Slot layout changed: bump kAbiVersion");
 static_assert(offsetof(Slot, threads_active) == 32);
+static_assert(offsetof(Slot, pool_demand) == 60);
 static_assert(offsetof(Header, magic) == 0, "magic must come first");
 static_assert(offsetof(Header, abi_version) == 8);
 static_assert(offsetof(Header, capacity) == 24);

@@ -1,0 +1,64 @@
+"""Real native pools in real workers: OpenMP (gcc -fopenmp), NumPy's OpenBLAS, MKL, oneTBB.
+
+In each, the native threads of the tasks running at the same time never add
+up to more than the capacity, and a lone task gets the whole budget.
+"""
+
+import multiprocessing
+
+import pytest
+
+import _workers
+import composepar
+from conftest import START_METHODS
+
+CAPACITY = 4  # above this machine's 2 cores: a pool of 2 must split it, a lone task gets it all
+SPIN = 4_000_000  # each task's kernel runs for tens of milliseconds, so tasks overlap
+
+
+@pytest.fixture
+def library(request, omp_kernel):
+    kind = request.param
+    if kind == "tbb":
+        return kind, request.getfixturevalue("tbb_kernel")
+    if kind == "mkl":
+        return kind, request.getfixturevalue("mkl_library")
+    return kind, omp_kernel if kind == "openmp" else None
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize("library", ["openmp", "openblas", "mkl", "tbb"], indirect=True)
+def test_process_pool_tasks_share_the_capacity(domain, method, library, monkeypatch):
+    kind, path = library
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)  # the pool's owner publishes its demand here
+    arbiter = composepar.Arbiter(domain, capacity=CAPACITY)
+    context = multiprocessing.get_context(method)
+    ledger = _workers.Ledger(context, 1)
+    with composepar.Pool(2, initializer=_workers.init_native_worker,
+                         initargs=(domain, ledger, CAPACITY, kind, path), context=context) as pool:
+        results = pool.map(_workers.native_task, [SPIN] * 8, chunksize=1)
+        _, lone_budget, lone_team = pool.apply(_workers.native_task, (SPIN,))
+    assert ledger.violation.value == 0, f"{ledger.violation.value} native threads ran at once on {CAPACITY}: {results}"
+    for _, budget, team in results:
+        assert 1 <= team <= budget <= CAPACITY
+    assert lone_budget == CAPACITY  # nothing else runs: the whole budget
+    if kind in ("openmp", "mkl"):
+        assert lone_team == CAPACITY
+    assert arbiter.stats().tokens_free == CAPACITY
+    assert arbiter.invariant_violations() == ""
+
+
+@pytest.mark.parametrize("library", ["openmp", "openblas"], indirect=True)
+def test_thread_pool_tasks_share_the_capacity(domain, library, monkeypatch):
+    kind, path = library
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    arbiter = composepar.Arbiter(domain, capacity=CAPACITY)
+    ledger = _workers.Ledger(multiprocessing.get_context("fork"), 1)
+    _workers.init_native_worker(domain, ledger, CAPACITY, kind, path)
+    with composepar.ThreadPool(2) as pool:
+        results = pool.map(_workers.native_task, [SPIN] * 8, chunksize=1)
+        _, lone_budget, _ = pool.apply(_workers.native_task, (SPIN,))
+    assert ledger.violation.value == 0
+    assert all(1 <= team <= budget <= CAPACITY for _, budget, team in results)
+    assert lone_budget == CAPACITY
+    assert arbiter.stats().tokens_free == CAPACITY
