@@ -61,7 +61,7 @@ from typing import Optional, Tuple
 
 from . import _config
 from ._cpus import usable_cpus
-from ._errors import CapacityMismatchError, WouldBlock
+from ._errors import CapacityMismatchError, SegmentRetiredError, WouldBlock
 from ._native import _arbiter as _native
 
 __all__ = ["Arbiter", "Lease", "ArbiterStats", "ProcessStats"]
@@ -170,64 +170,7 @@ class ArbiterStats:
         return next((p for p in self.processes if p.pid == pid), None)
 
 
-class Lease:
-    """A running thread's claim: its own token plus extras for inner threads.
-
-    Use as a context manager, or call ``close()``. ``threads`` is what the
-    thread's native pools may use now (at least 1, even when overdrawn).
-    """
-
-    __slots__ = ("_native",)
-
-    def __init__(self, native_lease):
-        self._native = native_lease  # composepar._native._arbiter.Lease
-
-    @property
-    def own_token(self) -> bool:
-        """False when the lease runs overdrawn (no token was free when it opened)."""
-        return bool(self._native.own_token)
-
-    @property
-    def tokens_extra(self) -> int:
-        return self._native.tokens_extra
-
-    @property
-    def extra_wanted(self) -> int:
-        return self._native.extra_wanted
-
-    @property
-    def threads(self) -> int:
-        return 1 + self._native.tokens_extra
-
-    @property
-    def closed(self) -> bool:
-        return not self._native.is_open
-
-    def refresh(self, extra_wanted=None) -> int:
-        """Re-applies the fair-share policy; returns the new ``threads``.
-
-        ``extra_wanted`` changes the ask (default: keep it). The lease may
-        grow into free capacity or give back extras above its share.
-        """
-        if extra_wanted is None:
-            extra_wanted = self._native.extra_wanted
-        elif isinstance(extra_wanted, bool) or not isinstance(extra_wanted, int) or extra_wanted < 0:
-            raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
-        return 1 + self._native.refresh(extra_wanted)
-
-    def close(self) -> None:
-        """Gives every token back. Closing twice is harmless."""
-        self._native.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        self.close()
-
-    def __repr__(self):
-        state = "closed" if self.closed else f"threads={self.threads}, own_token={self.own_token}"
-        return f"<composepar.Lease {state}>"
+Lease = _native.Lease  # the native class: see its docstring
 
 
 class Arbiter:
@@ -245,11 +188,21 @@ class Arbiter:
         ``CapacityMismatchError``; leaving it out attaches to any.
     """
 
-    __slots__ = ("_domain", "_handle")
+    __slots__ = ("_domain", "_handle", "_capacity")
 
     def __init__(self, domain: Optional[str] = None, capacity: Optional[int] = None):
         self._domain = _config.resolve_domain(domain)
         self._handle = _native_handle(_config.segment_path(self._domain), _config.resolve_capacity(capacity))
+        self._capacity = self._handle.capacity  # fixed for the segment's life
+
+    def _reattach(self):
+        """`cleanup` removed the segment after we attached (we held nothing): use the new one."""
+        path = self._handle.path
+        with _handles_lock:
+            if _handles.get(path) is self._handle:
+                del _handles[path]
+        self._handle = _native_handle(path, None)
+        self._capacity = self._handle.capacity
 
     # -- identity ---------------------------------------------------------
     @property
@@ -262,7 +215,7 @@ class Arbiter:
 
     @property
     def capacity(self) -> int:
-        return self._handle.capacity
+        return self._capacity
 
     @property
     def tokens_held(self) -> int:
@@ -277,14 +230,21 @@ class Arbiter:
         ``TimeoutError`` after ``timeout`` seconds (None: wait forever).
         The wait sleeps on a futex and lets KeyboardInterrupt through.
         """
-        self._check_request(max_tokens, min_tokens)
+        if type(max_tokens) is not int or type(min_tokens) is not int or not 0 < min_tokens <= max_tokens:
+            self._check_request(max_tokens, min_tokens)
+        if min_tokens > self._capacity:
+            self._check_request(max_tokens, min_tokens)
         if timeout is None:
             timeout_ns = -1
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
             raise ValueError(f"timeout must be None or a number of seconds >= 0; got {timeout!r} instead")
         else:
             timeout_ns = int(timeout * 1e9)
-        granted = self._handle.acquire(min_tokens, max_tokens, timeout_ns)
+        try:
+            granted = self._handle.acquire(min_tokens, max_tokens, timeout_ns)
+        except SegmentRetiredError:
+            self._reattach()
+            granted = self._handle.acquire(min_tokens, max_tokens, timeout_ns)
         if granted == 0:
             raise TimeoutError(
                 f"could not get {min_tokens} of {self.capacity} tokens in domain {self._domain!r} within "
@@ -294,17 +254,25 @@ class Arbiter:
 
     def acquire_nowait(self, max_tokens: int, *, min_tokens: int = 1) -> int:
         """Like ``acquire`` but raises ``WouldBlock`` instead of waiting."""
-        self._check_request(max_tokens, min_tokens)
-        granted = self._handle.acquire_nowait(min_tokens, max_tokens)
+        # One cheap test on the fast path; _check_request words the error.
+        if type(max_tokens) is not int or type(min_tokens) is not int or not 0 < min_tokens <= max_tokens:
+            self._check_request(max_tokens, min_tokens)
+        if min_tokens > self._capacity:
+            self._check_request(max_tokens, min_tokens)
+        try:
+            granted = self._handle.acquire_nowait(min_tokens, max_tokens)
+        except SegmentRetiredError:
+            self._reattach()
+            granted = self._handle.acquire_nowait(min_tokens, max_tokens)
         if granted == 0:
             raise WouldBlock(f"fewer than {min_tokens} tokens free in domain {self._domain!r}")
         return granted
 
     def release(self, n: int) -> None:
         """Gives back ``n`` tokens taken with ``acquire``; more than held is a ValueError."""
-        if isinstance(n, bool) or not isinstance(n, int):
-            raise TypeError(f"n must be an int; got {n!r} instead")
-        if n < 0:
+        if type(n) is not int or n < 0:
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(f"n must be an int; got {n!r} instead")
             raise ValueError(f"n must be >= 0; got {n!r} instead")
         self._handle.release(n)
 
@@ -329,10 +297,14 @@ class Arbiter:
         submitted it (see ``set_pool_demand``); 0 for none.
         """
         if extra_wanted is None:
-            extra_wanted = self.capacity - 1
-        elif isinstance(extra_wanted, bool) or not isinstance(extra_wanted, int) or extra_wanted < 0:
+            extra_wanted = self._capacity - 1
+        elif type(extra_wanted) is not int or extra_wanted < 0:
             raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
-        return Lease(self._handle.open_lease(extra_wanted, pool_owner_pid))
+        try:
+            return self._handle.open_lease(extra_wanted, pool_owner_pid)
+        except SegmentRetiredError:
+            self._reattach()
+            return self._handle.open_lease(extra_wanted, pool_owner_pid)
 
     def set_pool_demand(self, tasks: int) -> None:
         """Publishes how many tasks this process's pools expect to run now.
@@ -342,9 +314,13 @@ class Arbiter:
         a lone task (demand 1) gets the whole budget. Leases opened with
         ``pool_owner_pid`` equal to this process's pid count against it.
         """
-        if isinstance(tasks, bool) or not isinstance(tasks, int) or tasks < 0:
+        if type(tasks) is not int or tasks < 0:
             raise ValueError(f"tasks must be an int >= 0; got {tasks!r} instead")
-        self._handle.set_pool_demand(tasks)
+        try:
+            self._handle.set_pool_demand(tasks)
+        except SegmentRetiredError:
+            self._reattach()
+            self._handle.set_pool_demand(tasks)
 
     # -- observation ------------------------------------------------------
     def stats(self) -> ArbiterStats:

@@ -23,3 +23,7 @@ class BrokenPoolError(BrokenProcessPool):
     """A worker of a composepar.Pool died (killed by a signal, or exited
     abruptly) while the pool was running: the task it ran is lost, so every
     pending result fails with this error instead of waiting forever."""
+
+
+class SegmentRetiredError(ArbiterError):
+    """(internal) `cleanup` removed the segment after this handle attached; attach again."""

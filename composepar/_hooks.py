@@ -43,19 +43,19 @@ def _static_threads(workers):
     return max(1, capacity // max(1, workers or 1))
 
 
-def wrap_task(func, workers=None, threads=None):
-    """``func`` as a Task for a pool of ``workers``."""
-    return Task.wrap(func, threads=threads, static_threads=_static_threads(workers))
+def wrap_task(func, workers=None, threads=None, domain=None):
+    """``func`` as a Task for a pool of ``workers``, run in ``domain``'s budget."""
+    return Task.wrap(func, threads=threads, static_threads=_static_threads(workers), domain=domain)
 
 
 def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=None):
     """Queues `func` on a multiprocessing Pool or ThreadPool through `original`,
     as a Task, with the pool's demand published first."""
     workers = pool._processes
-    task = wrap_task(func, workers, threads)
     if _static:
-        return original(pool, task, *args, **kwargs)
+        return original(pool, wrap_task(func, workers, threads), *args, **kwargs)
     arbiter = _task.get_arbiter()
+    task = wrap_task(func, workers, threads, arbiter.domain)
     estimate = _demand.before_submit(arbiter, pool, workers, new_tasks)
     _task.wake_refresher()
     try:
@@ -67,10 +67,10 @@ def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=N
 def submit_to_executor(executor, original, fn, args, kwargs):
     """Submits `fn` to a concurrent.futures executor through `original`, as a Task."""
     workers = executor._max_workers
-    task = wrap_task(fn, workers)
     if _static:
-        return original(executor, task, *args, **kwargs)
+        return original(executor, wrap_task(fn, workers), *args, **kwargs)
     arbiter = _task.get_arbiter()
+    task = wrap_task(fn, workers, domain=arbiter.domain)
     estimate = _demand.before_submit(arbiter, executor, workers, executor=True)
     _task.wake_refresher()
     try:

@@ -81,6 +81,10 @@ class Pool(_TaskWrapping, multiprocessing.pool.Pool):
     def __init__(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None):
         self._workers_started = []  # every worker process ever started; the watcher reads it
         self._broken = None  # the BrokenPoolError once a worker died abruptly
+        # The watcher may terminate the pool while the owner calls terminate()
+        # too: the stdlib finalizer runs once, so the second caller must wait
+        # for the first to finish killing the workers.
+        self._terminating = threading.Lock()
         # The stdlib starts each worker through self.Process(ctx, ...), also
         # from its worker-handler thread: an instance attribute catches all.
         started = self._workers_started
@@ -95,6 +99,10 @@ class Pool(_TaskWrapping, multiprocessing.pool.Pool):
         watcher = threading.Thread(target=_watch_workers, args=(weakref.ref(self), started),
                                    name="composepar-pool-watcher", daemon=True)
         watcher.start()
+
+    def terminate(self):
+        with self._terminating:
+            super().terminate()
 
     def _check_running(self):
         if self._broken is not None:

@@ -54,7 +54,7 @@ class _ProcessState:
 
 
 _process = _ProcessState()
-_arbiter = None  # this process's Arbiter, made on first use
+_arbiters = {}  # domain -> this process's Arbiter for it, made on first use
 
 
 def _reset_after_fork():
@@ -67,16 +67,17 @@ def _reset_after_fork():
 os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def get_arbiter():
-    return _get_arbiter()
+def get_arbiter(domain=None):
+    return _get_arbiter(domain)
 
 
-def _get_arbiter():
-    """The Arbiter of the current COMPOSEPAR_DOMAIN (re-read: a pool initializer may set it)."""
-    global _arbiter
-    if _arbiter is None or _arbiter.domain != _config.resolve_domain():
-        _arbiter = Arbiter()
-    return _arbiter
+def _get_arbiter(domain=None):
+    """The Arbiter of `domain`, default the current COMPOSEPAR_DOMAIN (re-read each time)."""
+    domain = domain or _config.resolve_domain()
+    arbiter = _arbiters.get(domain)
+    if arbiter is None:
+        arbiter = _arbiters[domain] = Arbiter(domain)
+    return arbiter
 
 
 def current_budget():
@@ -102,11 +103,13 @@ class TaskScope:
     budget (the launcher's --static mode). Neither: a lease, never blocking.
     """
 
-    __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_lease", "_explicit", "_outer", "cap")
+    __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
+                 "cap")
 
-    def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0):
+    def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None):
         self._extra_wanted = extra_wanted  # None: as many as the policy gives
         self._owner_pid = owner_pid  # pid of the process whose pool submitted the task; 0: none
+        self._domain = domain  # the owner's domain; None: $COMPOSEPAR_DOMAIN
         self._threads = threads  # explicit request, or None
         self._static = static_threads  # fixed budget, or None
         self._lease = None  # composepar.Lease while open
@@ -145,7 +148,7 @@ class TaskScope:
 
     def _open(self):
         if self._static is None:
-            arbiter = _get_arbiter()
+            arbiter = _get_arbiter(self._domain)
             if self._threads is not None:
                 self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
             else:
@@ -159,7 +162,7 @@ class TaskScope:
             self._lease.close()
             self._lease = None
         elif self._explicit:
-            _get_arbiter().release(self._explicit)
+            _get_arbiter(self._domain).release(self._explicit)
             self._explicit = 0
         _apply_process_budget()
 
@@ -173,7 +176,7 @@ class TaskScope:
 
     def resume(self):
         if self._lease is None and self._static is None and not self._explicit:
-            self._lease = _get_arbiter().lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
+            self._lease = _get_arbiter(self._domain).lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
             _start_running(self)
             apply(self)
 
@@ -264,26 +267,31 @@ class idle:
 class Task:
     """A picklable callable that runs ``func`` inside a TaskScope (what pools submit)."""
 
-    __slots__ = ("func", "threads", "static_threads", "owner_pid")
+    __slots__ = ("func", "threads", "static_threads", "owner_pid", "domain")
 
-    def __init__(self, func, threads=None, static_threads=None, owner_pid=0):
+    def __init__(self, func, threads=None, static_threads=None, owner_pid=0, domain=None):
         self.func = func
         self.threads = threads  # explicit per-task request (drop-in pools' threads=)
         self.static_threads = static_threads  # --static budget
         self.owner_pid = owner_pid  # the submitting process: its pool demand counts this task
+        # The submitter's budget: a worker joins it whatever its own
+        # environment says (a forkserver keeps the environment it started with).
+        self.domain = domain
 
     @classmethod
-    def wrap(cls, func, threads=None, static_threads=None):
+    def wrap(cls, func, threads=None, static_threads=None, domain=None):
         if isinstance(func, cls):
             return func
-        return cls(func, threads, static_threads, os.getpid())
+        return cls(func, threads, static_threads, os.getpid(), domain)
 
     def __call__(self, *args, **kwargs):
-        with TaskScope(threads=self.threads, static_threads=self.static_threads, owner_pid=self.owner_pid):
+        scope = TaskScope(threads=self.threads, static_threads=self.static_threads, owner_pid=self.owner_pid,
+                          domain=self.domain)
+        with scope:
             return self.func(*args, **kwargs)
 
     def __reduce__(self):
-        return (Task, (self.func, self.threads, self.static_threads, self.owner_pid))
+        return (Task, (self.func, self.threads, self.static_threads, self.owner_pid, self.domain))
 
     def __repr__(self):
         return f"composepar.Task({self.func!r})"

@@ -194,3 +194,59 @@ def native_task(spin):
     finally:
         ledger.remove(0, budget)
     return os.getpid(), budget, team
+
+
+# --- drop-in pool tasks (test_pools.py) -------------------------------------
+
+def square(x):
+    return x * x
+
+
+def add(a, b):
+    return a + b
+
+
+def fail(x):
+    raise KeyError(f"task {x} failed")
+
+
+def budget_now(_=None):
+    """The calling task's thread budget and the pid running it."""
+    from composepar import _task
+
+    return os.getpid(), _task.current_budget()
+
+
+def kill_self(_=None):
+    import signal
+
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_then(x, seconds=0.2):
+    time.sleep(seconds)
+    return x
+
+
+_initialized = []
+
+
+def remember_init(value):
+    _initialized.append(value)
+
+
+def initialized(_=None):
+    return list(_initialized)
+
+
+def thread_pool_native_check(domain, kind, path, capacity, spin, answers):
+    """A composepar.ThreadPool of 2 running native tasks, in this (spawned) process."""
+    import multiprocessing
+
+    os.environ["COMPOSEPAR_DOMAIN"] = domain
+    ledger = Ledger(multiprocessing.get_context("spawn"), 1)
+    init_native_worker(domain, ledger, capacity, kind, path)
+    with composepar.ThreadPool(2) as pool:
+        results = pool.map(native_task, [spin] * 8, chunksize=1)
+        _, lone_budget, _ = pool.apply(native_task, (spin,))
+    answers.put((ledger.violation.value, results, lone_budget))

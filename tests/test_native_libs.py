@@ -49,16 +49,19 @@ def test_process_pool_tasks_share_the_capacity(domain, method, library, monkeypa
 
 
 @pytest.mark.parametrize("library", ["openmp", "openblas"], indirect=True)
-def test_thread_pool_tasks_share_the_capacity(domain, library, monkeypatch):
+def test_thread_pool_tasks_share_the_capacity(domain, library):
+    # In a spawned process: OpenMP regions in the pytest process itself would
+    # hang later fork-started workers (libgomp is not fork-safe).
     kind, path = library
-    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
     arbiter = composepar.Arbiter(domain, capacity=CAPACITY)
-    ledger = _workers.Ledger(multiprocessing.get_context("fork"), 1)
-    _workers.init_native_worker(domain, ledger, CAPACITY, kind, path)
-    with composepar.ThreadPool(2) as pool:
-        results = pool.map(_workers.native_task, [SPIN] * 8, chunksize=1)
-        _, lone_budget, _ = pool.apply(_workers.native_task, (SPIN,))
-    assert ledger.violation.value == 0
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    checker = context.Process(target=_workers.thread_pool_native_check,
+                              args=(domain, kind, path, CAPACITY, SPIN, answers))
+    checker.start()
+    violation, results, lone_budget = answers.get(timeout=120)
+    checker.join(60)
+    assert violation == 0
     assert all(1 <= team <= budget <= CAPACITY for _, budget, team in results)
     assert lone_budget == CAPACITY
     assert arbiter.stats().tokens_free == CAPACITY

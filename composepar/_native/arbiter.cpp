@@ -115,7 +115,13 @@ class Arbiter::Guard {
 public:
     explicit Guard(Arbiter& arbiter) : m_arbiter(arbiter) { lock(); }
     ~Guard() {
-        if (m_locked) unlock();
+        if (!m_locked) return;
+        try {
+            unlock();
+        } catch (...) {
+            // A failed futex wake in a destructor: waiters still wake within
+            // their 100 ms slice, so nothing is lost by swallowing it.
+        }
     }
     Guard(const Guard&) = delete;
     Guard& operator=(const Guard&) = delete;
@@ -135,6 +141,8 @@ public:
         }
         m_locked = true;
     }
+
+    bool locked() const noexcept { return m_locked; }
 
     void unlock() {
         m_locked = false;
@@ -341,6 +349,8 @@ void Arbiter::ensure_registered(Guard& guard) {
 
 void Arbiter::register_slot(Guard& guard) {
     Header& h = m_segment->header;
+    if (h.retired)  // `cleanup` unlinked it after we attached: a new segment holds the budget now
+        throw SegmentRetired("arbiter segment " + m_path + " was removed by `cleanup` after this process attached");
     const int pid = static_cast<int>(::getpid());
     const ProcessFacts self = read_process_facts(pid);
     for (int pass = 0; pass < 2; ++pass) {
@@ -492,8 +502,10 @@ std::uint32_t Arbiter::try_grant_explicit(Guard& guard, std::uint32_t min_tokens
         if (h.tokens_free < min_tokens) return 0;
     }
     Slot& s = own_slot(guard);
-    // A blocked waiter is counted among the claimants and its demand is recorded.
-    const Claim mine{0, waiting ? max_tokens : 0, 0, waiting ? 1u : 0u};
+    // The process's explicit holding is one claimant: a new request adds to
+    // what it already holds. A blocked waiter is counted and its demand recorded.
+    const Claim mine{s.tokens_explicit, waiting ? max_tokens : 0, 0,
+                     (waiting || s.tokens_explicit > 0) ? 1u : 0u};
     std::uint32_t grant = grant_cap(mine, max_tokens);
     grant = std::max(grant, min_tokens);  // min is free (checked above) and always honoured
     Edit::apply(h, s, [grant](Slot& me) {
@@ -514,8 +526,10 @@ std::uint32_t Arbiter::acquire_nowait(std::uint32_t min_tokens, std::uint32_t ma
 
 AcquireOutcome Arbiter::acquire(std::uint32_t min_tokens, std::uint32_t max_tokens, std::int64_t timeout_ns,
                                 const InterruptCheck& interrupted, std::uint32_t& granted) {
-    const std::int64_t deadline =
-        timeout_ns < 0 ? std::numeric_limits<std::int64_t>::max() : monotonic_ns() + timeout_ns;
+    const std::int64_t now_ns = monotonic_ns();
+    const std::int64_t deadline = (timeout_ns < 0 || timeout_ns > std::numeric_limits<std::int64_t>::max() - now_ns)
+                                      ? std::numeric_limits<std::int64_t>::max()
+                                      : now_ns + timeout_ns;
     Header& h = m_segment->header;
     Guard guard(*this);
     own_slot(guard);
@@ -531,34 +545,45 @@ AcquireOutcome Arbiter::acquire(std::uint32_t min_tokens, std::uint32_t max_toke
         me.tokens_waited += min_tokens;
         me.tokens_wanted += max_tokens;
     });
+    // Whatever ends the wait (a grant, the deadline, an interrupt, an
+    // exception), the waiter's registration is undone under the mutex.
+    auto unregister = [&] {
+        if (!guard.locked()) guard.lock();
+        Edit::apply(h, own_slot(guard), [&](Slot& me) {
+            me.waiters = sub_sat(me.waiters, 1);
+            me.tokens_waited = sub_sat(me.tokens_waited, min_tokens);
+            me.tokens_wanted = sub_sat(me.tokens_wanted, max_tokens);
+        });
+    };
     AcquireOutcome outcome = AcquireOutcome::timed_out;
-    for (;;) {
-        const std::uint32_t seen = h.wake_seq.load(std::memory_order_relaxed);  // under the mutex
-        guard.unlock();
-        const std::int64_t now = monotonic_ns();
-        const std::int64_t slice = std::min(deadline - now, kWaitSliceNs);
-        if (slice > 0) futex_wait_shared(reinterpret_cast<std::uint32_t*>(&h.wake_seq), seen, slice);
-        const bool stop = interrupted && interrupted();
-        guard.lock();
-        if (stop) {
-            outcome = AcquireOutcome::interrupted;
-            break;
+    try {
+        for (;;) {
+            const std::uint32_t seen = h.wake_seq.load(std::memory_order_relaxed);  // under the mutex
+            guard.unlock();
+            const std::int64_t now = monotonic_ns();
+            const std::int64_t slice = std::min(deadline - now, kWaitSliceNs);
+            if (slice > 0) futex_wait_shared(reinterpret_cast<std::uint32_t*>(&h.wake_seq), seen, slice);
+            const bool stop = interrupted && interrupted();
+            guard.lock();
+            if (stop) {
+                outcome = AcquireOutcome::interrupted;
+                break;
+            }
+            own_slot(guard);
+            freed = false;
+            granted = try_grant_explicit(guard, min_tokens, max_tokens, true, freed);  // reaps when short
+            if (freed) guard.wake_waiters_on_unlock();
+            if (granted > 0) {
+                outcome = AcquireOutcome::granted;
+                break;
+            }
+            if (monotonic_ns() >= deadline) break;
         }
-        own_slot(guard);
-        freed = false;
-        granted = try_grant_explicit(guard, min_tokens, max_tokens, true, freed);  // reaps when short
-        if (freed) guard.wake_waiters_on_unlock();
-        if (granted > 0) {
-            outcome = AcquireOutcome::granted;
-            break;
-        }
-        if (monotonic_ns() >= deadline) break;
+    } catch (...) {
+        unregister();
+        throw;
     }
-    Edit::apply(h, own_slot(guard), [&](Slot& me) {
-        me.waiters = sub_sat(me.waiters, 1);
-        me.tokens_waited = sub_sat(me.tokens_waited, min_tokens);
-        me.tokens_wanted = sub_sat(me.tokens_wanted, max_tokens);
-    });
+    unregister();
     return outcome;
 }
 
@@ -604,12 +629,13 @@ std::uint32_t Arbiter::find_pool_owner(Slot& self, std::int32_t pool_owner_pid) 
 void Arbiter::uncount_for_owner(Slot& worker, std::uint32_t owner, std::int32_t owner_pid, std::uint32_t leases) {
     if (owner >= std::min(m_segment->header.slots_used, kSlotCount) || leases == 0) return;
     Slot& o = m_segment->slots[owner];
-    if (o.owner_pid != owner_pid || owner_pid == 0) return;  // the owner is gone; its slot may be another's
-    Edit::apply(m_segment->header, o, [leases](Slot& me) { me.pool_leases_open = sub_sat(me.pool_leases_open, leases); });
+    // The worker's side always: it must be free to count for a new owner.
     if (&o != &worker)
         Edit::apply(m_segment->header, worker, [leases](Slot& me) {
             me.leases_for_owner = sub_sat(me.leases_for_owner, leases);
         });
+    if (o.owner_pid != owner_pid || owner_pid == 0) return;  // the owner is gone; its slot may be another's
+    Edit::apply(m_segment->header, o, [leases](Slot& me) { me.pool_leases_open = sub_sat(me.pool_leases_open, leases); });
 }
 
 void Arbiter::set_pool_demand(std::uint32_t tasks) {
@@ -627,6 +653,7 @@ std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, std::int32_t pool_
     state.own_token = h.tokens_free > 0 ? 1 : 0;
     state.tokens_extra = 0;
     state.extra_wanted = extra_wanted;
+    state.open = 1;
     Edit::apply(h, s, [&](Slot& me) {
         me.threads_active += 1;
         me.tokens_held += state.own_token;
@@ -661,8 +688,10 @@ void Arbiter::commit_lease(Slot& s, const LeaseState& before, const LeaseState& 
 void Arbiter::lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wanted, LeaseState& state) {
     Header& h = m_segment->header;
     Guard guard(*this);
-    if (lease_epoch != m_epoch || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
-        state = LeaseState{0, 0, extra_wanted};  // a lease of another process (fork) holds nothing here
+    if (!state.open || lease_epoch != m_epoch ||
+        m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
+        // Closed, or opened in another process (fork) or before detach(): holds nothing here.
+        state = LeaseState{0, 0, extra_wanted, kSlotCount, 0, 0};
         return;
     }
     Slot& s = own_slot(guard);
@@ -692,8 +721,9 @@ void Arbiter::lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wante
 
 void Arbiter::lease_close(std::uint64_t lease_epoch, LeaseState& state) {
     Guard guard(*this);
-    if (lease_epoch != m_epoch || m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
-        state = LeaseState{0, 0, 0};  // opened in another process (before a fork) or before detach()
+    if (!state.open || lease_epoch != m_epoch ||
+        m_fork_generation != g_fork_generation.load(std::memory_order_relaxed)) {
+        state = LeaseState{};  // closed already, or opened in another process (fork) or before detach()
         return;
     }
     Slot& s = own_slot(guard);
@@ -707,7 +737,7 @@ void Arbiter::lease_close(std::uint64_t lease_epoch, LeaseState& state) {
         me.tokens_held = sub_sat(me.tokens_held, held);
         me.tokens_wanted = sub_sat(me.tokens_wanted, wanted);
     });
-    state = LeaseState{0, 0, 0};
+    state = LeaseState{};
     if (held > 0) guard.wake_waiters_on_unlock();
 }
 
@@ -790,6 +820,7 @@ void Arbiter::detach() {
         ::fcntl(m_fd.get(), F_SETLK, &fl);  // best effort: the slot is already free
     }
     m_slot = kSlotCount;
+    m_epoch = 0;  // leases opened before are void: their close and refresh do nothing
 }
 
 std::vector<int> Arbiter::retire_and_unlink() {
@@ -800,10 +831,13 @@ std::vector<int> Arbiter::retire_and_unlink() {
     std::vector<int> live;
     const Header& h = m_segment->header;
     const std::uint32_t used = std::min(h.slots_used, kSlotCount);
-    const int self = static_cast<int>(::getpid());
     for (std::uint32_t i = 0; i < used; ++i) {
-        const int pid = m_segment->slots[i].owner_pid;
-        if (pid != 0 && pid != self) live.push_back(pid);
+        const Slot& s = m_segment->slots[i];
+        if (s.owner_pid == 0) continue;
+        // Only this handle's own slot may be ignored, and only if it holds
+        // and wants nothing: another handle of this process counts as a user.
+        const bool own_and_idle = (i == m_slot && s.tokens_held == 0 && claimants(s) == 0);
+        if (!own_and_idle) live.push_back(s.owner_pid);
     }
     if (!live.empty()) return live;
     struct stat by_path, by_fd;

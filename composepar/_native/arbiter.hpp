@@ -22,6 +22,12 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// `cleanup` retired the segment after this handle attached; attach again.
+class SegmentRetired : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
 // This process's slot was recycled while it was alive (its fd was closed
 // behind our back and /proc no longer recognised it).
 class SlotLost : public std::runtime_error {
@@ -60,6 +66,7 @@ struct LeaseState {
     std::uint32_t extra_wanted;  // extras asked for (granted or not)
     std::uint32_t owner = kSlotCount;  // slot of the pool owner it is counted for; kSlotCount: none
     std::int32_t owner_pid = 0;        // that owner's pid, checked before the count is undone
+    std::uint32_t open = 0;            // 1 from lease_open until lease_close
 };
 
 // Outcome of an explicit acquisition attempt.

@@ -4,6 +4,7 @@
 #include "arbiter.hpp"
 
 #include <nanobind/nanobind.h>
+#include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
 #include <nanobind/stl/vector.h>
@@ -26,10 +27,13 @@ namespace {
 
 // One lease: the thread's own token plus extras, until close(). The owner
 // thread and a refresher thread may both use it: m_mutex orders them.
+//
+// Lease calls keep the GIL: they never block for long (the segment mutex
+// guards short critical sections) and re-taking the GIL would cost more
+// than the call. No path takes the GIL while holding the segment mutex.
 class Lease {
 public:
     Lease(Arbiter& arbiter, std::uint32_t extra_wanted, std::int32_t pool_owner_pid) : m_arbiter(arbiter) {
-        nb::gil_scoped_release unlocked;
         m_epoch = m_arbiter.lease_open(extra_wanted, pool_owner_pid, m_state);
     }
     ~Lease() {
@@ -44,15 +48,14 @@ public:
     Lease(const Lease&) = delete;
     Lease& operator=(const Lease&) = delete;
 
+    // Returns the threads the lease allows now (1 + extras).
     std::uint32_t refresh(std::uint32_t extra_wanted) {
-        nb::gil_scoped_release unlocked;
         std::lock_guard<std::mutex> lock(m_mutex);
         if (!m_open) throw std::logic_error("the lease is closed; open a new one");
         m_arbiter.lease_refresh(m_epoch, extra_wanted, m_state);
-        return m_state.tokens_extra;
+        return 1 + m_state.tokens_extra;
     }
     void close() {
-        nb::gil_scoped_release unlocked;
         std::lock_guard<std::mutex> lock(m_mutex);
         if (!m_open) return;
         m_open = false;
@@ -116,6 +119,8 @@ NB_MODULE(_arbiter, m) {
             PyErr_SetObject(PyExc_OSError, error.ptr());
         } catch (const composepar::CapacityMismatch& e) {
             raise_python("CapacityMismatchError", e.what());
+        } catch (const composepar::SegmentRetired& e) {
+            raise_python("SegmentRetiredError", e.what());
         } catch (const composepar::SegmentError& e) {
             raise_python("ArbiterError", e.what());
         } catch (const composepar::SlotLost& e) {
@@ -123,13 +128,39 @@ NB_MODULE(_arbiter, m) {
         }
     });
 
-    nb::class_<Lease>(m, "Lease")
-        .def("refresh", &Lease::refresh, "extra_wanted"_a)
-        .def("close", &Lease::close)
-        .def_prop_ro("is_open", &Lease::is_open)
-        .def_prop_ro("own_token", [](Lease& l) { return l.state().own_token; })
+    nb::class_<Lease>(m, "Lease",
+                      "A running thread's claim: its own token plus extras for inner threads.\n\n"
+                      "Opened by Arbiter.lease(); use as a context manager or call close().\n"
+                      "``threads`` is what the thread's native pools may use now (at least 1,\n"
+                      "even when overdrawn).")
+        .def(
+            "refresh",
+            [](Lease& l, std::optional<std::int64_t> extra_wanted) {
+                std::int64_t ask = extra_wanted ? *extra_wanted : l.state().extra_wanted;
+                if (ask < 0 || ask > composepar::kMaxCapacity)
+                    throw std::invalid_argument("extra_wanted must be an int >= 0; got " + std::to_string(ask) +
+                                                " instead");
+                return l.refresh(static_cast<std::uint32_t>(ask));
+            },
+            "extra_wanted"_a = nb::none(),
+            "Re-applies the fair-share policy; returns the new ``threads``. ``extra_wanted``\n"
+            "changes the ask (default: keep it). The lease may grow into free capacity\n"
+            "or give back extras above its share.")
+        .def("close", &Lease::close, "Gives every token back. Closing twice is harmless.")
+        .def("__enter__", [](nb::handle self) { return nb::borrow(self); })
+        .def("__exit__", [](Lease& l, nb::args) { l.close(); })
+        .def_prop_ro("closed", [](Lease& l) { return !l.is_open(); })
+        .def_prop_ro("own_token", [](Lease& l) { return l.state().own_token != 0; },
+                     "False when the lease runs overdrawn (no token was free when it opened).")
         .def_prop_ro("tokens_extra", [](Lease& l) { return l.state().tokens_extra; })
-        .def_prop_ro("extra_wanted", [](Lease& l) { return l.state().extra_wanted; });
+        .def_prop_ro("extra_wanted", [](Lease& l) { return l.state().extra_wanted; })
+        .def_prop_ro("threads", [](Lease& l) { return 1 + l.state().tokens_extra; })
+        .def("__repr__", [](Lease& l) {
+            if (!l.is_open()) return std::string("<composepar.Lease closed>");
+            const LeaseState st = l.state();
+            return "<composepar.Lease threads=" + std::to_string(1 + st.tokens_extra) +
+                   ", own_token=" + (st.own_token ? "True" : "False") + ">";
+        });
 
     m.def("loaded_object_count", &loaded_object_count,
           "Number of shared objects loaded in this process (changes when a library is loaded).");
@@ -139,8 +170,8 @@ NB_MODULE(_arbiter, m) {
              "default_capacity"_a, "command"_a, nb::call_guard<nb::gil_scoped_release>())
         .def_prop_ro("path", &Arbiter::path)
         .def_prop_ro("capacity", &Arbiter::capacity)
-        .def("acquire_nowait", &Arbiter::acquire_nowait, "min_tokens"_a, "max_tokens"_a,
-             nb::call_guard<nb::gil_scoped_release>())
+        // Non-blocking calls keep the GIL (see Lease above).
+        .def("acquire_nowait", &Arbiter::acquire_nowait, "min_tokens"_a, "max_tokens"_a)
         .def(
             "acquire",
             [](Arbiter& self, std::uint32_t min_tokens, std::uint32_t max_tokens, std::int64_t timeout_ns) {
@@ -157,7 +188,7 @@ NB_MODULE(_arbiter, m) {
                 return granted;  // 0: timed out
             },
             "min_tokens"_a, "max_tokens"_a, "timeout_ns"_a)
-        .def("release", &Arbiter::release, "n"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def("release", &Arbiter::release, "n"_a)
         .def("tokens_explicit", &Arbiter::tokens_explicit, nb::call_guard<nb::gil_scoped_release>())
         .def(
             "open_lease",
@@ -165,7 +196,7 @@ NB_MODULE(_arbiter, m) {
                 return new Lease(self, extra_wanted, pool_owner_pid);
             },
             "extra_wanted"_a, "pool_owner_pid"_a = 0, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
-        .def("set_pool_demand", &Arbiter::set_pool_demand, "tasks"_a, nb::call_guard<nb::gil_scoped_release>())
+        .def("set_pool_demand", &Arbiter::set_pool_demand, "tasks"_a)
         .def(
             "stats",
             [](Arbiter& self) {

@@ -1,0 +1,103 @@
+"""Regression tests for arbiter bugs found in review (each failed before its fix)."""
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from composepar import Arbiter, _arbiter
+
+
+def test_a_lease_opened_before_detach_holds_nothing_after(domain):
+    arbiter = Arbiter(domain, capacity=8)
+    lease = arbiter.lease(7)
+    assert lease.threads == 8
+    _arbiter._forget_handle(arbiter.path)  # detaches: the slot and its tokens are returned
+    again = Arbiter(domain)
+    assert again.stats().tokens_free == 8
+    # The stale lease must not re-register and pin tokens in a new slot.
+    lease.refresh()
+    lease.close()
+    assert again.stats().tokens_free == 8
+    assert again.invariant_violations() == ""
+
+
+def test_cleanup_never_splits_a_domain_into_two_budgets(domain):
+    attached = Arbiter(domain, capacity=2)  # attached, no slot yet: does not block cleanup
+    result = subprocess.run([sys.executable, "-m", "composepar", "cleanup", "--domain", domain],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert attached.acquire(2) == 2  # re-attaches to the segment that now holds the budget
+    other = subprocess.run(
+        [sys.executable, "-c",
+         f"import composepar\ntry:\n    composepar.Arbiter({domain!r}).acquire_nowait(1)\n    print('granted')\n"
+         f"except composepar.WouldBlock:\n    print('would block')"],
+        capture_output=True, text=True)
+    assert other.stdout.strip() == "would block", other.stderr  # one budget: ours holds both tokens
+    attached.release(2)
+
+
+def test_an_interrupted_acquire_leaves_no_waiter_behind(domain):
+    arbiter = Arbiter(domain, capacity=2)
+    arbiter.acquire(2)
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        arbiter.acquire(1, timeout=30)
+    timer.join()
+    line = arbiter.stats().process(os.getpid())
+    assert (line.waiters, line.tokens_waited, line.tokens_wanted) == (0, 0, 0)
+    arbiter.release(2)
+    assert arbiter.invariant_violations() == ""
+
+
+def test_a_worker_counts_for_a_new_owner_after_its_owner_died(domain):
+    arbiter = Arbiter(domain, capacity=4)
+    owner = subprocess.Popen([sys.executable, "-c",
+                              f"import composepar, time; composepar.Arbiter({domain!r}).set_pool_demand(1); "
+                              f"print('ready', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout.readline().strip() == "ready"
+    lease = arbiter.lease(0, pool_owner_pid=owner.pid)
+    assert arbiter.stats().process(owner.pid).pool_leases_open == 1
+    owner.kill()
+    owner.wait()
+    lease.close()  # its owner is gone: the worker side of the count must still drop
+    arbiter.reap()
+    arbiter.set_pool_demand(1)  # this process now owns a (thread) pool
+    with arbiter.lease(0, pool_owner_pid=os.getpid()):
+        mine = arbiter.stats().process(os.getpid())
+        assert (mine.pool_demand, mine.pool_leases_open) == (1, 1)
+    arbiter.set_pool_demand(0)
+    assert arbiter.invariant_violations() == ""
+
+
+def test_repeated_explicit_requests_count_what_the_process_holds(domain):
+    arbiter = Arbiter(domain, capacity=8)
+    arbiter.acquire(8)
+    child = subprocess.Popen([sys.executable, "-c",
+                              f"import composepar, time; l = composepar.Arbiter({domain!r}).lease(7); "
+                              f"print(int(l.own_token), flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "0"  # overdrawn: below its share and asking
+    arbiter.release(8)
+    try:
+        assert arbiter.acquire_nowait(8) == 4  # the share of 2 claimants
+        assert arbiter.acquire_nowait(8) == 1  # already at the share: only the minimum
+    finally:
+        child.kill()
+        child.wait()
+    arbiter.release(arbiter.tokens_held)
+
+
+def test_closing_a_lease_twice_leaves_its_siblings_alone(domain):
+    arbiter = Arbiter(domain, capacity=4)
+    first, second = arbiter.lease(0), arbiter.lease(0)
+    first.close()
+    first.close()
+    line = arbiter.stats().process(os.getpid())
+    assert (line.threads_active, line.tokens_held) == (1, 1)
+    second.close()
+    assert arbiter.invariant_violations() == ""
