@@ -1,0 +1,57 @@
+"""Unchanged programs under ``python -m composepar``: the stdlib's pools, real native libraries.
+
+The program never imports composepar: the launcher's hooks coordinate its
+multiprocessing.Pool, ThreadPool and concurrent.futures executors, in every
+start method; the native threads of the tasks running at once never exceed the
+capacity; a lone task gets the whole budget; and the main thread holds no
+token while it waits for the pool.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import START_METHODS
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "stdlib_pools.py")
+CAPACITY = 4
+
+
+def run_launched(domain, kind, library, pool_kind, method):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain,
+         SCRIPT, kind, library or "-", pool_kind, method],
+        capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def check(report, tasks_in_main_process=0):
+    assert report["violation"] == 0, f"{report['violation']} native threads at once on {CAPACITY}: {report}"
+    assert all(1 <= team <= budget <= CAPACITY for _, budget, team in report["results"]), report
+    assert report["lone"] == CAPACITY, report
+    # The waiting main thread gave its token back: the main process's only
+    # running lease is the reading task itself when the pool is of threads.
+    assert report["main_held"] == tasks_in_main_process, report
+
+
+@pytest.mark.parametrize("method", START_METHODS)
+@pytest.mark.parametrize("pool_kind", ["pool", "process-executor"])
+def test_process_pools_of_an_unchanged_program(domain, omp_kernel, method, pool_kind):
+    check(run_launched(domain, "openmp", omp_kernel, pool_kind, method))
+
+
+@pytest.mark.parametrize("pool_kind", ["thread", "thread-executor"])
+def test_thread_pools_of_an_unchanged_program(domain, omp_kernel, pool_kind):
+    check(run_launched(domain, "openmp", omp_kernel, pool_kind, "fork"), tasks_in_main_process=1)
+
+
+@pytest.mark.parametrize("kind", ["openblas", "tbb", "mkl"])
+def test_other_libraries_under_the_launcher(domain, request, kind):
+    library = {"openblas": None, "tbb": "tbb_kernel", "mkl": "mkl_library"}[kind]
+    path = request.getfixturevalue(library) if library else None
+    check(run_launched(domain, kind, path, "pool", "forkserver"))
