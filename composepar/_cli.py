@@ -1,9 +1,14 @@
 """``python -m composepar``: the command line.
 
+    python -m composepar [options] (script.py | -m module | -c code | -) [args ...]
     python -m composepar status  [--domain D] [--json]
     python -m composepar cleanup [--domain D] [--force]
 
-Usage errors print one line on stderr and exit with 2, as Python does.
+A first argument ``status`` or ``cleanup`` is a subcommand; anything else
+runs a program (see _launcher). As with python, the launcher's options end at
+the program: ``python -m composepar -n 2 script.py -n 3`` gives ``-n 3`` to
+the script. Usage errors print one line on stderr and exit with 2, as Python
+does.
 """
 
 import argparse
@@ -14,14 +19,137 @@ from . import _config
 from ._arbiter import Arbiter
 from ._cpus import usable_cpus
 from ._errors import ArbiterError
+from ._launcher import Program, launch
+from ._native import _arbiter as _native
 from ._segments import remove_segment, segment_exists
 
 __all__ = ["main"]
+
+_SUBCOMMANDS = ("status", "cleanup")
+_OPTIONS_WITH_VALUE = ("-n", "--threads", "--domain")  # the launcher's; their value is the next argument
+
+_USAGE = """python -m composepar [options] (script.py | -m module | -c code | -) [args ...]
+       python -m composepar status  [--domain D] [--json]
+       python -m composepar cleanup [--domain D] [--force]"""
+
+_DESCRIPTION = """\
+Runs a Python program as `python script.py`, `python -m module`, `python -c code`
+or `python -` would, with every process of it sharing one budget of busy threads:
+pools of processes and threads, and the BLAS/OpenMP threads of their tasks, are
+kept at the capacity together. Options after the program are the program's.
+
+  status    show the budget: capacity, free tokens, attached processes
+  cleanup   remove a budget's segment that no live process uses"""
+
+_EPILOG = """\
+Each option has a variable, which the option overrides: COMPOSEPAR_CAPACITY,
+COMPOSEPAR_DOMAIN, COMPOSEPAR_STATIC=1, COMPOSEPAR_NO_ENV=1, COMPOSEPAR_VERBOSE=1.
+Exit status: the program's; 2 for a bad option (or, as python, a script that
+cannot be opened); 1 when the budget cannot be attached."""
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"composepar: error: {message}\n")
+
+
+class _UsageError(Exception):
+    """-m or -c without its value."""
+
+
+def _threads(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value is None or not 1 <= value <= _native.MAX_CAPACITY:
+        raise argparse.ArgumentTypeError(
+            f"must be an integer between 1 and {_native.MAX_CAPACITY}; got {text!r} instead")
+    return value
+
+
+def _build_launcher_parser():
+    parser = _Parser(prog="python -m composepar", usage=_USAGE, description=_DESCRIPTION, epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("-n", "--threads", type=_threads, metavar="N",
+                        help="capacity: busy threads for the whole domain (default $COMPOSEPAR_CAPACITY, "
+                             "else the usable CPUs; an existing budget keeps its own)")
+    parser.add_argument("--domain", metavar="D",
+                        help="which budget to share (default $COMPOSEPAR_DOMAIN or 'default')")
+    parser.add_argument("--static", action="store_true",
+                        help="split the capacity evenly over each pool's workers instead of a lease per task")
+    parser.add_argument("--no-env", action="store_true",
+                        help="do not set OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, ... and the OpenMP wait policy")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print the budget, the variables set, and the native pools found at exit")
+    return parser
+
+
+def _split(argv):
+    """Splits the arguments as python splits its own: the launcher's options,
+    then the program, which starts at the first argument that is not an option
+    (a script, or - for stdin), at -m MODULE or -c CODE, or after --.
+    Returns (option arguments, Program or None)."""
+    options = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest = argv[i + 1:]
+            if not rest:
+                return options, None
+            kind = "stdin" if rest[0] == "-" else "path"
+            return options, Program(kind, rest[0], tuple(rest[1:]))
+        if arg == "-":
+            return options, Program("stdin", "-", tuple(argv[i + 1:]))
+        if not arg.startswith("-"):
+            return options, Program("path", arg, tuple(argv[i + 1:]))
+        if arg.startswith("--"):
+            options.append(arg)
+            if arg in _OPTIONS_WITH_VALUE and i + 1 < len(argv):
+                options.append(argv[i + 1])
+                i += 1
+            i += 1
+            continue
+        # A cluster of short options, as python takes them: -v, -vn4, -vm module.
+        for j in range(1, len(arg)):
+            letter, attached = arg[j], arg[j + 1:]
+            if letter in "mc":
+                if not attached and i + 1 >= len(argv):
+                    what = "a module name" if letter == "m" else "the code to run"
+                    raise _UsageError(f"argument -{letter}: expected {what}")
+                value = attached or argv[i + 1]
+                rest = argv[i + 1:] if attached else argv[i + 2:]
+                return options, Program("module" if letter == "m" else "command", value, tuple(rest))
+            if letter == "n":
+                options.append("-n")
+                if attached:
+                    options.append(attached)
+                elif i + 1 < len(argv):
+                    options.append(argv[i + 1])
+                    i += 1
+                break
+            if letter in "hv":
+                options.append(f"-{letter}")
+                continue
+            options.append(arg if j == 1 else f"-{arg[j:]}")  # argparse names it unrecognized
+            break
+        i += 1
+    return options, None
+
+
+def _launch(argv):
+    parser = _build_launcher_parser()
+    try:
+        options, program = _split(argv)
+    except _UsageError as error:
+        parser.error(str(error))
+    args = parser.parse_args(options)
+    if program is None:
+        parser.error("no program to run: give a script, -m module, -c code or - (the program on stdin); "
+                     "see --help")
+    return launch(program, threads=args.threads, domain=args.domain, static=args.static, no_env=args.no_env,
+                  verbose=args.verbose)
 
 
 def _build_parser():
@@ -97,6 +225,9 @@ def _cleanup(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] not in _SUBCOMMANDS:
+        return _launch(argv)
     parser = _build_parser()
     args = parser.parse_args(argv)
     try:

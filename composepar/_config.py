@@ -10,7 +10,7 @@ import re
 
 from ._native import _arbiter as _native
 
-__all__ = ["resolve_domain", "resolve_capacity", "segment_path", "check_positive_int"]
+__all__ = ["resolve_domain", "resolve_capacity", "resolve_flag", "segment_path", "check_positive_int"]
 
 DEFAULT_DOMAIN = "default"
 SHM_DIRECTORY = "/dev/shm"
@@ -64,6 +64,16 @@ def resolve_capacity(capacity=None):
             )
         return value
     return None
+
+
+def resolve_flag(name, given=False):
+    """A switch: True if given on the command line, else $`name` ("1" on, "0" or unset off)."""
+    if given:
+        return True
+    from_env = os.environ.get(name, "")
+    if from_env not in ("", "0", "1"):
+        raise ValueError(f"{name} must be 0 or 1; got {from_env!r} instead")
+    return from_env == "1"
 
 
 def segment_path(domain):

@@ -20,6 +20,7 @@ can only be set from their own thread, so a budget that shrank mid-task
 could not be enforced there; they follow the budget at each task start.
 """
 
+import atexit
 import os
 import threading
 import time
@@ -50,7 +51,8 @@ class _ProcessState:
         self.lock = threading.Lock()  # guards running and refresher
         self.running = {}  # TaskScope -> None: the scopes holding leases in this process
         self.refresher = None  # the refresher thread, started with the first lease
-        self.wake = threading.Event()  # set while running is not empty
+        self.wake = threading.Event()  # set while there are leases or pool demand to follow
+        self.stopping = False  # set at exit: the refresher returns
 
 
 _process = _ProcessState()
@@ -230,8 +232,10 @@ def wake_refresher():
 
 def _refresh_loop(state):
     """Every REFRESH_SECONDS: republish pool demand; refresh leases and per-process pools."""
-    while state is _process:  # a fork child gets a new state and its own refresher
+    while state is _process and not state.stopping:  # a fork child gets a new state and its own refresher
         state.wake.wait()
+        if state.stopping:
+            return
         if _demand.has_demand():
             _demand.republish()
         with state.lock:
@@ -245,6 +249,19 @@ def _refresh_loop(state):
                 scope.refresh()
             _apply_process_budget(state)
         time.sleep(REFRESH_SECONDS)
+
+
+@atexit.register
+def _stop_refresher():
+    """Stops the refresher before the interpreter finalizes: a daemon thread in
+    the middle of a native call when the runtime goes away can abort the process."""
+    state = _process
+    with state.lock:
+        state.stopping = True
+        refresher = state.refresher
+    state.wake.set()
+    if refresher is not None and refresher is not threading.current_thread():
+        refresher.join(timeout=1.0)
 
 
 class idle:
