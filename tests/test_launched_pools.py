@@ -55,3 +55,18 @@ def test_other_libraries_under_the_launcher(domain, request, kind):
     library = {"openblas": None, "tbb": "tbb_kernel", "mkl": "mkl_library"}[kind]
     path = request.getfixturevalue(library) if library else None
     check(run_launched(domain, kind, path, "pool", "forkserver"))
+
+
+@pytest.mark.parametrize("library", ["joblib-threads", "dask-threads"])
+def test_pools_that_libraries_create(domain, library):
+    pytest.importorskip(library.split("-")[0], reason="installed by the test extras")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    script = os.path.join(os.path.dirname(__file__), "scripts", "library_pools.py")
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain,
+                             script, library], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["most_at_once"] == 2
+    # Every task ran inside a lease; two at once share the capacity.
+    assert all(budget is not None and 1 <= budget <= CAPACITY for budget in report["budgets"]), report
+    assert sum(sorted(report["budgets"])[:2]) <= CAPACITY
