@@ -189,7 +189,8 @@ def _status(args):
                 {"pid": p.pid, "command": p.command, "threads_active": p.threads_active,
                  "leases_overdrawn": p.leases_overdrawn, "tokens_held": p.tokens_held,
                  "tokens_extra": p.tokens_extra, "tokens_explicit": p.tokens_explicit,
-                 "tokens_wanted": p.tokens_wanted, "waiters": p.waiters, "tokens_waited": p.tokens_waited}
+                 "tokens_wanted": p.tokens_wanted, "waiters": p.waiters, "tokens_waited": p.tokens_waited,
+                 "pool_demand": p.pool_demand, "pool_leases_open": p.pool_leases_open}
                 for p in stats.processes
             ],
         }))
@@ -199,10 +200,11 @@ def _status(args):
           f"overdrawn {stats.leases_overdrawn}  reclaimed {stats.tokens_reclaimed} tokens "
           f"from {stats.processes_reaped} dead processes")
     if stats.processes:
-        print(f"{'PID':>8}  {'COMMAND':<15}  {'THREADS':>7}  {'EXTRA':>5}  {'ACQUIRED':>8}  {'WAITING':>7}")
+        print(f"{'PID':>8}  {'COMMAND':<15}  {'THREADS':>7}  {'EXTRA':>5}  {'ACQUIRED':>8}  {'WAITING':>7}  "
+              f"{'POOL TASKS':>10}")
         for p in stats.processes:
             print(f"{p.pid:>8}  {p.command:<15}  {p.threads_active:>7}  {p.tokens_extra:>5}  "
-                  f"{p.tokens_explicit:>8}  {p.tokens_waited:>7}")
+                  f"{p.tokens_explicit:>8}  {p.tokens_waited:>7}  {p.pool_leases_open:>4} / {p.pool_demand:<3}")
     else:
         print("no process attached")
     return 0

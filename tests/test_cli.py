@@ -39,8 +39,8 @@ def test_status_shows_each_attached_process(domain):
         assert text.returncode == 0, text.stderr
         assert "capacity 4  free 0  held 4" in text.stdout
         lines = {line.split()[0]: line.split() for line in text.stdout.splitlines()[3:]}
-        assert lines[str(holder.pid)][2:] == ["1", "2", "0", "0"]  # threads, extra, acquired, waiting
-        assert lines[str(os.getpid())][2:] == ["0", "1", "1", "0"]
+        assert lines[str(holder.pid)][2:] == ["1", "2", "0", "0", "0", "/", "0"]  # threads, extra, acquired, waiting, pool
+        assert lines[str(os.getpid())][2:6] == ["0", "1", "1", "0"]
         data = json.loads(run("status", "--domain", domain, "--json").stdout)
         assert (data["capacity"], data["tokens_free"]) == (4, 0)
         by_pid = {p["pid"]: p for p in data["processes"]}
