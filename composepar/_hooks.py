@@ -10,6 +10,10 @@
     concurrent.futures.wait, Pool.join, Executor.shutdown
         -> the waiting thread is idle: its lease is given back for the wait
 
+    loky's ProcessPoolExecutor.submit (joblib's default backend, and loky
+    itself), patched when that module is imported
+        -> as the stdlib executors
+
 Pools that libraries create through these classes (joblib's threading
 backend, Dask's threaded and multiprocessing schedulers) are covered too.
 Under ``--static`` no lease is taken: each task of a pool of P workers gets
@@ -20,8 +24,10 @@ import concurrent.futures
 import concurrent.futures.process
 import concurrent.futures.thread
 import functools
+import importlib.abc
 import multiprocessing.pool
 import os
+import sys
 
 from . import _config, _demand, _task
 from ._task import Task, idle
@@ -139,6 +145,49 @@ def _idle_function(original):
     return patched
 
 
+# loky's executor does not derive from the stdlib's: patch it where it lives.
+_LOKY_MODULES = ("joblib.externals.loky.process_executor", "loky.process_executor")
+
+
+def _patch_loky(module):
+    executor = getattr(module, "ProcessPoolExecutor", None)
+    if executor is not None and (executor, "submit") not in _originals:
+        _patch(executor, "submit", _executor_submit)
+
+
+class _LoadedThenPatched(importlib.abc.Loader):
+    """Runs the real loader, then patches the module it made."""
+
+    def __init__(self, loader):
+        self._loader = loader  # the loader the import system found
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        _patch_loky(module)
+
+
+class _PatchLokyOnImport(importlib.abc.MetaPathFinder):
+    """Finds loky's process_executor with the other finders and patches it once loaded."""
+
+    def find_spec(self, name, path, target=None):
+        if name not in _LOKY_MODULES:
+            return None
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None and spec.loader is not None:
+                spec.loader = _LoadedThenPatched(spec.loader)
+                return spec
+        return None
+
+
+_loky_finder = _PatchLokyOnImport()
+
+
 def install(static=False):
     """Patches the pools and waits of this process. Idempotent."""
     global _static
@@ -161,6 +210,10 @@ def install(static=False):
     _patch(future, "exception", _idle_while(lambda f: f.done()))
     _patch(concurrent.futures, "wait", _idle_function)
     concurrent.futures._base.wait = concurrent.futures.wait
+    for name in _LOKY_MODULES:
+        if name in sys.modules:
+            _patch_loky(sys.modules[name])
+    sys.meta_path.insert(0, _loky_finder)
 
 
 def uninstall():
@@ -169,4 +222,6 @@ def uninstall():
         setattr(owner, name, original)
     multiprocessing.pool.IMapIterator.__next__ = multiprocessing.pool.IMapIterator.next
     concurrent.futures._base.wait = concurrent.futures.wait
+    if _loky_finder in sys.meta_path:
+        sys.meta_path.remove(_loky_finder)
     _originals.clear()

@@ -57,7 +57,7 @@ def test_other_libraries_under_the_launcher(domain, request, kind):
     check(run_launched(domain, kind, path, "pool", "forkserver"))
 
 
-@pytest.mark.parametrize("library", ["joblib-threads", "dask-threads"])
+@pytest.mark.parametrize("library", ["joblib-threads", "joblib-loky", "dask-threads"])
 def test_pools_that_libraries_create(domain, library):
     pytest.importorskip(library.split("-")[0], reason="installed by the test extras")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
