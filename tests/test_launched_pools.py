@@ -20,10 +20,10 @@ SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "stdlib_pools.py")
 CAPACITY = 4
 
 
-def run_launched(domain, kind, library, pool_kind, method):
+def run_launched(domain, kind, library, pool_kind, method, options=()):
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
     result = subprocess.run(
-        [sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain,
+        [sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain, *options,
          SCRIPT, kind, library or "-", pool_kind, method],
         capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
@@ -70,3 +70,12 @@ def test_pools_that_libraries_create(domain, library):
     # Every task ran inside a lease; two at once share the capacity.
     assert all(budget is not None and 1 <= budget <= CAPACITY for budget in report["budgets"]), report
     assert sum(sorted(report["budgets"])[:2]) <= CAPACITY
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_static_mode_is_a_fixed_split(domain, omp_kernel, method):
+    report = run_launched(domain, "openmp", omp_kernel, "pool", method, options=("--static",))
+    assert report["violation"] == 0
+    # capacity // workers for every task, the lone one too: a static split does not adapt.
+    assert {budget for _, budget, _ in report["results"]} == {CAPACITY // 2}
+    assert report["lone"] == CAPACITY // 2
