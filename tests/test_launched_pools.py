@@ -79,3 +79,15 @@ def test_static_mode_is_a_fixed_split(domain, omp_kernel, method):
     # capacity // workers for every task, the lone one too: a static split does not adapt.
     assert {budget for _, budget, _ in report["results"]} == {CAPACITY // 2}
     assert report["lone"] == CAPACITY // 2
+
+
+def test_numba_follows_the_budget(domain):
+    pytest.importorskip("numba", reason="installed by the test extras where numba supports the Python")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    script = os.path.join(os.path.dirname(__file__), "scripts", "numba_pool.py")
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain, script],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(threads == budget and 1 <= budget <= CAPACITY for threads, budget in report["results"]), report
+    assert report["lone"] == [CAPACITY, CAPACITY]
