@@ -200,6 +200,8 @@ def apply(scope):
 
 def _apply_process_budget(state=None):
     """Per-process pools get the smallest budget of the tasks running in the process."""
+    if not native_pools.has_process_pools():
+        return  # nothing is set per process here (the common case without OpenBLAS pthreads)
     state = state or _process
     with state.lock:
         budgets = [scope.budget() for scope in state.running]
@@ -222,12 +224,15 @@ def _stop_running(scope):
 
 def wake_refresher():
     """Starts (or wakes) the process's refresher: there are leases or pool demand to follow."""
-    with _process.lock:
-        _process.wake.set()
-        if _process.refresher is None:
-            _process.refresher = threading.Thread(
-                target=_refresh_loop, args=(_process,), name="composepar-refresher", daemon=True)
-            _process.refresher.start()
+    state = _process
+    if state.wake.is_set() and state.refresher is not None:
+        return  # awake already: the common case, without a lock
+    with state.lock:
+        state.wake.set()
+        if state.refresher is None:
+            state.refresher = threading.Thread(
+                target=_refresh_loop, args=(state,), name="composepar-refresher", daemon=True)
+            state.refresher.start()
 
 
 def _refresh_loop(state):

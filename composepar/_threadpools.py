@@ -82,6 +82,11 @@ class NativePools:
                     self._process_threads = None  # new libraries: apply again
         return self._libraries
 
+    def has_process_pools(self):
+        """True if some pool here is set per process (OpenBLAS pthreads, BLIS, torch, TBB)."""
+        return (any(not library.per_thread for library in self.libraries()) or self._has_tbb
+                or "torch" in sys.modules)
+
     def has_per_thread_pools(self):
         return any(library.per_thread for library in self.libraries()) or "numba" in sys.modules
 
