@@ -4,7 +4,9 @@
 
     multiprocessing Pool / ThreadPool   outstanding = pending results in pool._cache
                                         (a map counts its chunks not yet done)
-    concurrent.futures executors        outstanding = submitted futures not done
+    concurrent.futures executors        outstanding = submitted futures not done()
+                                        (done() turns true before a waiter wakes, so
+                                        a submit right after result() sees it)
 
 Published at each submit, when an executor's future completes, and by the
 refresher every few milliseconds (a Pool's chunks finish in its result
@@ -20,7 +22,7 @@ __all__ = ["before_submit", "after_submit", "publish", "republish", "has_demand"
 
 _lock = threading.Lock()  # guards the three fields below
 _pools = weakref.WeakKeyDictionary()  # pool -> workers, for every pool this process submitted to
-_futures_pending = weakref.WeakKeyDictionary()  # executor -> futures submitted and not done
+_futures = weakref.WeakKeyDictionary()  # executor -> its submitted futures not yet seen done
 _in_flight = weakref.WeakKeyDictionary()  # pool -> tasks being submitted, not yet in its cache
 # Held from computing the demand to recording it, so two threads (a submit
 # and the refresher) cannot publish out of order.
@@ -29,8 +31,11 @@ _published = {}  # segment path -> (arbiter, the demand last published there); u
 
 
 def _outstanding(pool):
-    if pool in _futures_pending:
-        return _futures_pending[pool]
+    futures = _futures.get(pool)
+    if futures is not None:
+        pending = {future for future in futures if not future.done()}
+        _futures[pool] = pending  # forget the finished ones
+        return len(pending)
     total = 0
     for result in list(getattr(pool, "_cache", {}).values()):
         if isinstance(result, multiprocessing.pool.MapResult):
@@ -76,35 +81,23 @@ def before_submit(arbiter, pool, workers, new_tasks=None, executor=False):
     count to hand to after_submit. ``new_tasks`` None: a map of unknown
     length (every worker will be busy)."""
     workers = max(1, workers or 1)
-    estimate = workers if new_tasks is None else new_tasks
+    estimate = 1 if executor else (workers if new_tasks is None else new_tasks)
     with _lock:
         _pools[pool] = workers
         if executor:
-            _futures_pending[pool] = _futures_pending.get(pool, 0) + 1
-            estimate = 0
-        else:
-            _in_flight[pool] = _in_flight.get(pool, 0) + estimate
+            _futures.setdefault(pool, set())
+        _in_flight[pool] = _in_flight.get(pool, 0) + estimate
     publish(arbiter)
     return estimate
 
 
-def after_submit(arbiter, pool, estimate, future=None, failed=False):
-    """Called once the tasks are queued (now in the pool's cache), or failed to be."""
+def after_submit(arbiter, pool, estimate, future=None):
+    """Called once the tasks are queued (in the pool's cache, or as `future`), or failed to be."""
     with _lock:
-        if estimate:
-            _in_flight[pool] = max(0, _in_flight.get(pool, 0) - estimate)
-    if future is not None:
-        future.add_done_callback(lambda _, pool_ref=weakref.ref(pool): _future_done(pool_ref))
-    elif failed and pool in _futures_pending:
-        _future_done(weakref.ref(pool))
+        _in_flight[pool] = max(0, _in_flight.get(pool, 0) - estimate)
+        if future is not None:
+            _futures[pool].add(future)
     publish(arbiter)
-
-
-def _future_done(pool_ref):
-    pool = pool_ref()
-    if pool is not None:
-        with _lock:
-            _futures_pending[pool] = max(0, _futures_pending.get(pool, 1) - 1)
 
 
 def reset_after_fork():
@@ -113,6 +106,6 @@ def reset_after_fork():
     global _publish_lock
     _publish_lock = threading.Lock()
     _pools.clear()
-    _futures_pending.clear()
+    _futures.clear()
     _in_flight.clear()
     _published.clear()

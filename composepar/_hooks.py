@@ -82,7 +82,7 @@ def submit_to_executor(executor, original, fn, args, kwargs):
     try:
         future = original(executor, task, *args, **kwargs)
     except BaseException:
-        _demand.after_submit(arbiter, executor, estimate, failed=True)
+        _demand.after_submit(arbiter, executor, estimate)
         raise
     _demand.after_submit(arbiter, executor, estimate, future)
     return future
