@@ -21,7 +21,7 @@ import weakref
 __all__ = ["before_submit", "after_submit", "publish", "republish", "has_demand"]
 
 _lock = threading.Lock()  # guards the three fields below
-_pools = weakref.WeakKeyDictionary()  # pool -> workers, for every pool this process submitted to
+_pools = weakref.WeakKeyDictionary()  # pool -> (workers, segment path it submits under)
 _futures = weakref.WeakKeyDictionary()  # executor -> its submitted futures not yet seen done
 _in_flight = weakref.WeakKeyDictionary()  # pool -> tasks being submitted, not yet in its cache
 # Held from computing the demand to recording it, so two threads (a submit
@@ -31,6 +31,8 @@ _published = {}  # segment path -> (arbiter, the demand last published there); u
 
 
 def _outstanding(pool):
+    if getattr(pool, "_state", None) == multiprocessing.pool.TERMINATE:
+        return 0  # its pending results will never run
     futures = _futures.get(pool)
     if futures is not None:
         pending = {future for future in futures if not future.done()}
@@ -42,15 +44,19 @@ def _outstanding(pool):
             total += max(0, result._number_left)
         elif isinstance(result, multiprocessing.pool.IMapIterator):
             length = result._length
-            total += _pools.get(pool, 1) if length is None else max(0, length - result._index - len(result._items))
+            # _index counts the results received in order; _unsorted holds those received early.
+            workers = _pools.get(pool, (1, None))[0]
+            total += workers if length is None else max(0, length - result._index - len(result._unsorted))
         else:
             total += 0 if result.ready() else 1
     return total
 
 
-def _demand():
+def _demand(path):
+    """The demand of the pools that submit under the segment at `path`."""
     with _lock:
-        pools = [(pool, workers, _in_flight.get(pool, 0)) for pool, workers in _pools.items()]
+        pools = [(pool, workers, _in_flight.get(pool, 0))
+                 for pool, (workers, pool_path) in _pools.items() if pool_path == path]
     return sum(min(workers, _outstanding(pool) + in_flight) for pool, workers, in_flight in pools)
 
 
@@ -61,7 +67,7 @@ def has_demand():
 def publish(arbiter):
     """Publishes the demand to `arbiter`'s segment if it changed there; returns it."""
     with _publish_lock:
-        demand = _demand()
+        demand = _demand(arbiter.path)
         if demand != _published.get(arbiter.path, (None, None))[1]:
             arbiter.set_pool_demand(demand)
             _published[arbiter.path] = (arbiter, demand)
@@ -81,13 +87,18 @@ def before_submit(arbiter, pool, workers, new_tasks=None, executor=False):
     count to hand to after_submit. ``new_tasks`` None: a map of unknown
     length (every worker will be busy)."""
     workers = max(1, workers or 1)
-    estimate = 1 if executor else (workers if new_tasks is None else new_tasks)
+    estimate = workers if new_tasks is None else new_tasks
     with _lock:
-        _pools[pool] = workers
+        _pools[pool] = (workers, arbiter.path)
         if executor:
             _futures.setdefault(pool, set())
         _in_flight[pool] = _in_flight.get(pool, 0) + estimate
-    publish(arbiter)
+    try:
+        publish(arbiter)
+    except BaseException:
+        with _lock:
+            _in_flight[pool] = max(0, _in_flight.get(pool, 0) - estimate)
+        raise
     return estimate
 
 

@@ -32,7 +32,8 @@ import sys
 from . import _config, _demand, _task
 from ._task import Task, idle
 
-__all__ = ["install", "uninstall", "installed", "wrap_task", "submit_to_pool", "submit_to_executor", "unpatched"]
+__all__ = ["install", "uninstall", "installed", "wrap_task", "submit_to_pool", "submit_to_executor",
+           "map_on_executor", "unpatched"]
 
 _originals = {}  # (owner, attribute name) -> the original attribute, while installed
 _static = False  # --static: fixed split instead of leases
@@ -63,8 +64,9 @@ def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=N
     arbiter = _task.get_arbiter()
     task = wrap_task(func, workers, threads, arbiter.domain)
     estimate = _demand.before_submit(arbiter, pool, workers, new_tasks)
-    _task.wake_refresher()
     try:
+        _task.suspend_current()
+        _task.wake_refresher()
         return original(pool, task, *args, **kwargs)
     finally:
         _demand.after_submit(arbiter, pool, estimate)
@@ -77,9 +79,10 @@ def submit_to_executor(executor, original, fn, args, kwargs):
         return original(executor, wrap_task(fn, workers), *args, **kwargs)
     arbiter = _task.get_arbiter()
     task = wrap_task(fn, workers, domain=arbiter.domain)
-    estimate = _demand.before_submit(arbiter, executor, workers, executor=True)
-    _task.wake_refresher()
+    estimate = _demand.before_submit(arbiter, executor, workers, new_tasks=1, executor=True)
     try:
+        _task.suspend_current()
+        _task.wake_refresher()
         future = original(executor, task, *args, **kwargs)
     except BaseException:
         _demand.after_submit(arbiter, executor, estimate)
@@ -91,6 +94,27 @@ def submit_to_executor(executor, original, fn, args, kwargs):
 def unpatched(owner, name):
     """The stdlib's own `owner.name`, whether or not the hooks are installed."""
     return _originals.get((owner, name), getattr(owner, name))
+
+
+def map_on_executor(executor, original, fn, iterables, kwargs):
+    """Executor.map submits its tasks one by one: announce the batch first, so
+    the first task does not start while its siblings look absent."""
+    if _static:
+        return original(executor, fn, *iterables, **kwargs)
+    arbiter = _task.get_arbiter()
+    estimate = _demand.before_submit(arbiter, executor, executor._max_workers, executor=True)
+    try:
+        return original(executor, fn, *iterables, **kwargs)  # submits them all before returning
+    finally:
+        _demand.after_submit(arbiter, executor, estimate)
+
+
+def _executor_map(original):
+    @functools.wraps(original)
+    def patched(self, fn, *iterables, **kwargs):
+        return map_on_executor(self, original, fn, iterables, kwargs)
+
+    return patched
 
 
 def _patch(owner, name, make):
@@ -153,6 +177,7 @@ def _patch_loky(module):
     executor = getattr(module, "ProcessPoolExecutor", None)
     if executor is not None and (executor, "submit") not in _originals:
         _patch(executor, "submit", _executor_submit)
+        _patch(executor, "map", _executor_map)
 
 
 class _LoadedThenPatched(importlib.abc.Loader):
@@ -200,6 +225,7 @@ def install(static=False):
         _patch(pool.Pool, name, _pool_submit(new_tasks=None))
     for executor in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
         _patch(executor, "submit", _executor_submit)
+        _patch(executor, "map", _executor_map)
         _patch(executor, "shutdown", _idle_while())
     _patch(pool.ApplyResult, "wait", _idle_while(lambda result: result.ready()))
     _patch(pool.IMapIterator, "next", _idle_while())

@@ -1,6 +1,7 @@
 """``composepar.limit``: cap the native parallelism of a block, borrowing from the arbiter."""
 
 import functools
+import threading
 
 from . import _config, _task
 from ._threadpools import native_pools
@@ -25,13 +26,21 @@ class limit:
         def task(x): ...
     """
 
-    __slots__ = ("n", "_frames")
+    __slots__ = ("n", "_local")
 
     def __init__(self, n=None):
         if n is not None:
             _config.check_positive_int(n, "n")
         self.n = n  # the cap, or None for the fair share
-        self._frames = []  # one (opened scope or None, saved settings) per active entry, innermost last
+        # Per thread: one (opened scope or None, saved settings) per active
+        # entry, innermost last (one instance may be entered by several threads).
+        self._local = threading.local()
+
+    def _frames(self):
+        frames = getattr(self._local, "frames", None)
+        if frames is None:
+            frames = self._local.frames = []
+        return frames
 
     def __enter__(self):
         caps = _task.thread_caps()
@@ -40,18 +49,23 @@ class limit:
         if self.n is not None:
             caps.append(min(self.n, caps[-1]) if caps else self.n)
         opened = None
-        if scope is None:
-            extra = None if self.n is None else self.n - 1
-            opened = _task.TaskScope(extra_wanted=extra)
-            opened.__enter__()
-        else:
-            scope.cap = min(caps) if caps else None
-            _task.apply(scope)
-        self._frames.append((opened, saved))
+        try:
+            if scope is None:
+                extra = None if self.n is None else self.n - 1
+                opened = _task.TaskScope(extra_wanted=extra)
+                opened.__enter__()
+            else:
+                scope.cap = min(caps) if caps else None
+                _task.apply(scope)
+        except BaseException:
+            if self.n is not None and caps:
+                caps.pop()
+            raise
+        self._frames().append((opened, saved))
         return self
 
     def __exit__(self, *exc_info):
-        opened, saved = self._frames.pop()
+        opened, saved = self._frames().pop()
         caps = _task.thread_caps()
         if self.n is not None and caps:
             caps.pop()

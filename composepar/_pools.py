@@ -23,7 +23,7 @@ import weakref
 
 from . import _config
 from ._errors import BrokenPoolError
-from ._hooks import submit_to_executor, submit_to_pool, unpatched
+from ._hooks import map_on_executor, submit_to_executor, submit_to_pool, unpatched
 
 __all__ = ["Pool", "ThreadPool", "ProcessPoolExecutor", "ThreadPoolExecutor"]
 
@@ -165,6 +165,10 @@ class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
         original = unpatched(concurrent.futures.ProcessPoolExecutor, "submit")
         return submit_to_executor(self, original, fn, args, kwargs)
 
+    def map(self, fn, *iterables, **kwargs):
+        original = unpatched(concurrent.futures.ProcessPoolExecutor, "map")
+        return map_on_executor(self, original, fn, iterables, kwargs)
+
 
 class ThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     """``concurrent.futures.ThreadPoolExecutor`` coordinated through the arbiter."""
@@ -172,3 +176,7 @@ class ThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
     def submit(self, fn, /, *args, **kwargs):
         original = unpatched(concurrent.futures.ThreadPoolExecutor, "submit")
         return submit_to_executor(self, original, fn, args, kwargs)
+
+    def map(self, fn, *iterables, **kwargs):
+        original = unpatched(concurrent.futures.ThreadPoolExecutor, "map")
+        return map_on_executor(self, original, fn, iterables, kwargs)

@@ -12,6 +12,9 @@ A pool worker (process or thread) runs each task inside a scope::
 
 A thread that blocks waiting for a pool's results is not busy: ``idle()``
 closes its lease for the wait and opens a new one after (see _hooks.py).
+A thread that submits to a pool gives its tokens back at the submit
+(``suspend_current``), before the tasks can start: otherwise a lone task
+would start while its submitter, not yet waiting, still held the machine.
 
 The refresher changes only per-process pools (OpenBLAS with pthreads,
 BLIS, torch, TBB), which any thread may set and OpenBLAS reads at every
@@ -24,12 +27,14 @@ import atexit
 import os
 import threading
 import time
+import warnings
 
 from . import _config, _demand
 from ._arbiter import Arbiter
 from ._threadpools import native_pools
 
-__all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply"]
+__all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply",
+           "suspend_current"]
 
 REFRESH_SECONDS = 0.01
 
@@ -53,6 +58,7 @@ class _ProcessState:
         self.refresher = None  # the refresher thread, started with the first lease
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
         self.stopping = False  # set at exit: the refresher returns
+        self.saved = None  # per-process pool settings before the first scope started; restored after the last
 
 
 _process = _ProcessState()
@@ -137,7 +143,14 @@ class TaskScope:
         _thread.depth = 1
         _thread.scope = self
         self._outer = True
-        self._open()
+        try:
+            self._open()
+        except BaseException:
+            # Whatever was opened is given back; the thread leaves the scope.
+            _thread.depth = 0
+            _thread.scope = None
+            self._close()
+            raise
         return self
 
     def __exit__(self, *exc_info):
@@ -149,36 +162,43 @@ class TaskScope:
         self._close()
 
     def _open(self):
-        if self._static is None:
-            arbiter = _get_arbiter(self._domain)
-            if self._threads is not None:
-                self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
-            else:
-                self._lease = arbiter.lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
-                _start_running(self)
+        self._take_tokens()
+        _start_running(self)  # every scope counts for the per-process minimum
         apply(self)
 
-    def _close(self):
+    def _take_tokens(self):
+        if self._static is not None:
+            return
+        arbiter = _get_arbiter(self._domain)
+        if self._threads is not None:
+            self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
+        else:
+            self._lease = arbiter.lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
+
+    def _give_tokens_back(self):
         if self._lease is not None:
-            _stop_running(self)
-            self._lease.close()
-            self._lease = None
-        elif self._explicit:
-            _get_arbiter(self._domain).release(self._explicit)
-            self._explicit = 0
+            lease, self._lease = self._lease, None
+            lease.close()
+        if self._explicit:
+            explicit, self._explicit = self._explicit, 0
+            _get_arbiter(self._domain).release(explicit)
+
+    def _close(self):
+        _stop_running(self)
+        self._give_tokens_back()
         _apply_process_budget()
 
     def suspend(self):
-        """Gives the tokens back while the thread waits (idle)."""
-        if self._lease is not None:
+        """Gives the tokens back while the thread waits (idle): leases and explicit ones."""
+        if self._lease is not None or self._explicit:
             _stop_running(self)
-            self._lease.close()
-            self._lease = None
+            self._give_tokens_back()
             _apply_process_budget()
 
     def resume(self):
-        if self._lease is None and self._static is None and not self._explicit:
-            self._lease = _get_arbiter(self._domain).lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
+        """Takes tokens again after a wait (an explicit request may block until they are free)."""
+        if self._lease is None and not self._explicit:
+            self._take_tokens()
             _start_running(self)
             apply(self)
 
@@ -212,14 +232,24 @@ def _apply_process_budget(state=None):
 
 
 def _start_running(scope):
-    with _process.lock:
-        _process.running[scope] = None
-    wake_refresher()
+    state = _process
+    with state.lock:
+        if not state.running and state.saved is None and native_pools.has_process_pools():
+            state.saved = native_pools.process_settings()  # put back when the last scope ends
+        state.running[scope] = None
+    if scope._lease is not None:
+        wake_refresher()
 
 
 def _stop_running(scope):
-    with _process.lock:
-        _process.running.pop(scope, None)
+    state = _process
+    with state.lock:
+        state.running.pop(scope, None)
+        saved = state.saved if not state.running else None
+        if saved is not None:
+            state.saved = None
+    if saved is not None:
+        native_pools.restore_process_settings(saved)
 
 
 def wake_refresher():
@@ -237,23 +267,34 @@ def wake_refresher():
 
 def _refresh_loop(state):
     """Every REFRESH_SECONDS: republish pool demand; refresh leases and per-process pools."""
+    warned = False
     while state is _process and not state.stopping:  # a fork child gets a new state and its own refresher
         state.wake.wait()
         if state.stopping:
             return
-        if _demand.has_demand():
-            _demand.republish()
-        with state.lock:
-            scopes = list(state.running)
-            if not scopes and not _demand.has_demand():
-                state.wake.clear()  # nothing to follow until the next lease or submit
-        if scopes and not native_pools.has_per_thread_pools():
-            # Per-thread pools can only be set by their own thread: their
-            # budget follows at task starts only (see the module doc).
-            for scope in scopes:
-                scope.refresh()
-            _apply_process_budget(state)
+        try:
+            _refresh_once(state)
+        except Exception as error:  # noqa: BLE001 - keep refreshing; say so once
+            if not warned:
+                warnings.warn(f"composepar: the budget refresher failed ({type(error).__name__}: {error}); "
+                              f"budgets follow at task starts until it recovers", RuntimeWarning, stacklevel=1)
+                warned = True
         time.sleep(REFRESH_SECONDS)
+
+
+def _refresh_once(state):
+    if _demand.has_demand():
+        _demand.republish()
+    with state.lock:
+        scopes = list(state.running)
+        if not any(scope._lease is not None for scope in scopes) and not _demand.has_demand():
+            state.wake.clear()  # nothing to follow until the next lease or submit
+    if scopes and not native_pools.has_per_thread_pools():
+        # Per-thread pools can only be set by their own thread: their
+        # budget follows at task starts only (see the module doc).
+        for scope in scopes:
+            scope.refresh()
+        _apply_process_budget(state)
 
 
 @atexit.register
@@ -269,6 +310,16 @@ def _stop_refresher():
         refresher.join(timeout=1.0)
 
 
+def suspend_current():
+    """The calling thread submits to a pool: it is about to wait for results,
+    so it gives its tokens back now, before the tasks start, and keeps one
+    thread (its own) for native calls until its next wait ends (idle)."""
+    scope = _thread.scope
+    if scope is not None and (scope._lease is not None or scope._explicit):
+        scope.suspend()
+        native_pools.set_thread_budget(1)
+
+
 class idle:
     """Context manager: the calling thread waits, so its lease is given back for the wait."""
 
@@ -281,9 +332,16 @@ class idle:
             scope.suspend()
         return self
 
-    def __exit__(self, *exc_info):
-        if self._scope is not None and _thread.scope is self._scope:
+    def __exit__(self, exc_type, exc, traceback):
+        if self._scope is None or _thread.scope is not self._scope:
+            return
+        if exc_type is None:
             self._scope.resume()
+            return
+        try:
+            self._scope.resume()
+        except Exception:  # noqa: BLE001 - the wait's own exception is the one to see
+            pass
 
 
 class Task:

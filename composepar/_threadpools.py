@@ -20,6 +20,7 @@ while a task runs takes effect at the task's next BLAS call.
 """
 
 import ctypes
+import os
 import sys
 import threading
 
@@ -118,6 +119,18 @@ class NativePools:
                 _tbb_control.limit(threads)
             self._process_threads = threads
 
+    def process_settings(self):
+        """The per-process pools' thread counts now, for restore_process_settings()."""
+        with self.lock:
+            return [(library, library.get()) for library in self.libraries() if not library.per_thread]
+
+    def restore_process_settings(self, saved):
+        with self.lock:
+            for library, threads in saved:
+                if threads is not None:
+                    library.set(threads)
+            self._process_threads = None
+
     def snapshot(self):
         """The thread counts of every pool now, for restore()."""
         with self.lock:
@@ -203,3 +216,13 @@ def _loaded_library_names():
 
 
 native_pools = NativePools()  # the process's one instance
+
+
+def _new_lock_in_child():
+    native_pools.lock = threading.RLock()
+
+
+# Held across fork, so a child never inherits it locked by a thread (the
+# refresher) that does not exist there.
+os.register_at_fork(before=native_pools.lock.acquire, after_in_parent=native_pools.lock.release,
+                    after_in_child=_new_lock_in_child)

@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
-from composepar import Arbiter, _arbiter
+import composepar
+from composepar import Arbiter, _arbiter, _task, _threadpools
 
 
 def test_a_lease_opened_before_detach_holds_nothing_after(domain):
@@ -101,3 +103,94 @@ def test_closing_a_lease_twice_leaves_its_siblings_alone(domain):
     assert (line.threads_active, line.tokens_held) == (1, 1)
     second.close()
     assert arbiter.invariant_violations() == ""
+
+
+# --- runtime review findings --------------------------------------------------
+
+def test_a_fork_while_the_native_pools_lock_is_held_does_not_hang_the_child(domain, monkeypatch):
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with _threadpools.native_pools.lock:
+            holding.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(10)
+    threading.Timer(0.2, release.set).start()  # fork waits for the lock instead of copying it held
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _threadpools.native_pools.set_process_budget(1)  # would block forever on an inherited lock
+        finally:
+            os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    holder.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_a_failed_scope_entry_leaves_nothing_behind(domain, monkeypatch):
+    Arbiter(domain, capacity=2)
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    monkeypatch.setenv("COMPOSEPAR_CAPACITY", "3")  # differs from the segment's: attaching fails
+    with pytest.raises(composepar.CapacityMismatchError):
+        with composepar.limit(2):
+            pass
+    assert _task.thread_caps() == [] and _task.current_scope() is None
+    monkeypatch.delenv("COMPOSEPAR_CAPACITY")
+    with composepar.limit(2) as block:
+        assert block.threads == 2  # a later limit is not stuck at a stale cap without a lease
+
+
+def test_an_explicit_request_waiting_on_a_nested_pool_does_not_deadlock(domain, monkeypatch):
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    Arbiter(domain, capacity=2)
+
+    def outer(_):
+        with composepar.ThreadPool(1) as inner:
+            return inner.apply(_task.current_budget, threads=1)  # the outer task's 2 tokens are given back
+
+    with composepar.ThreadPool(1) as pool:
+        assert pool.apply_async(outer, (0,), threads=2).get(30) == 1
+    assert Arbiter(domain).stats().tokens_free == 2
+
+
+def test_a_terminated_pool_stops_claiming_demand(domain, monkeypatch):
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    arbiter = Arbiter(domain, capacity=4)
+    pool = composepar.ThreadPool(2)
+    pool.map_async(time.sleep, [0.5] * 8)
+    time.sleep(0.1)
+    assert arbiter.stats().process(os.getpid()).pool_demand == 2
+    pool.terminate()
+    deadline = time.monotonic() + 5
+    while arbiter.stats().process(os.getpid()).pool_demand and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert arbiter.stats().process(os.getpid()).pool_demand == 0
+
+
+def test_one_limit_object_entered_by_two_threads_keeps_their_blocks_apart(domain, monkeypatch):
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    arbiter = Arbiter(domain, capacity=4)
+    shared = composepar.limit(1)
+    inside, go = threading.Barrier(2), threading.Event()
+    seen = []
+
+    def block():
+        with shared as entered:
+            inside.wait(10)
+            seen.append(entered.threads)
+            go.wait(10)
+
+    threads = [threading.Thread(target=block) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)  # both are inside their block (the barrier) and parked on `go`
+    assert arbiter.stats().process(os.getpid()).threads_active == 2  # two blocks, two leases
+    go.set()
+    for thread in threads:
+        thread.join()
+    assert seen == [1, 1]
+    assert arbiter.stats().tokens_free == 4
