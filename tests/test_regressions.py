@@ -187,7 +187,9 @@ def test_one_limit_object_entered_by_two_threads_keeps_their_blocks_apart(domain
     threads = [threading.Thread(target=block) for _ in range(2)]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)  # both are inside their block (the barrier) and parked on `go`
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:  # both inside their block, parked on `go`
+        time.sleep(0.01)
     assert arbiter.stats().process(os.getpid()).threads_active == 2  # two blocks, two leases
     go.set()
     for thread in threads:
