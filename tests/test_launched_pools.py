@@ -91,3 +91,25 @@ def test_numba_follows_the_budget(domain):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(threads == budget and 1 <= budget <= CAPACITY for threads, budget in report["results"]), report
     assert report["lone"] == [CAPACITY, CAPACITY]
+
+
+def test_programs_launched_separately_share_one_budget(domain):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    first = subprocess.Popen([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, "-c",
+                              "import sys, time; print('up', flush=True); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert first.stdout.readline().strip() == "up"  # its main thread holds its lease now
+        second = subprocess.run(
+            [sys.executable, "-m", "composepar", "--domain", domain, "-c",
+             "import composepar, os, json; s = composepar.Arbiter().stats(); "
+             "print(json.dumps([s.capacity, [p.pid for p in s.processes if p.threads_active]]))"],
+            capture_output=True, text=True, env=env, timeout=60)
+        assert second.returncode == 0, second.stderr
+        capacity, running = json.loads(second.stdout)
+        assert capacity == 2  # joined the first program's budget, not a new one of its own
+        assert first.pid in running  # both programs' main threads hold leases in it
+        assert len(running) == 2
+    finally:
+        first.communicate("", timeout=60)
+    assert first.returncode == 0
