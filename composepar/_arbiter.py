@@ -26,7 +26,8 @@ Two ways to hold tokens:
   sleeping on a futex (no spinning) until ``min_tokens`` are free.
 
 Fair share. A *claimant* is an open lease, a thread blocked in ``acquire``,
-or a process's explicit holding. With ``share = max(1, capacity //
+a process's explicit holding, or a pool task its owner expects to run that
+has no lease yet (``set_pool_demand``). With ``share = max(1, capacity //
 claimants)``, no claimant is raised above its share while another process
 is below its share and asks for tokens it did not get; tokens nobody asks
 for go to whoever asks (work conserving). ``refresh()`` gives back what is
