@@ -1,0 +1,400 @@
+"""composepar against the usual ways of taming nested parallelism, on the composability workloads.
+
+    python bench/run.py [--quick] [--only NAME ...] [--cores N] [--repeats R]
+                        [--json-out PATH] [--plot PATH]
+
+Every run is a fresh process, so modes never share a pool, a loaded library or
+a budget; the modes are interleaved so the machine's drift hits them alike::
+
+    runner (this script, idle while it waits)
+    for each workload:
+        physical limit: one process, 1 thread, each task alone  --> sum of task seconds / cores
+        for each repeat:
+            for each mode:                          fresh process, started as the mode says
+                python [-m composepar ...] run.py --child NAME PARAMS
+                    workload.run(params), timed inside   --> "BENCH_RESULT {json}" on stdout
+                a non-zero exit is recorded as failed, with its stderr's first line
+
+Modes (C = --cores, P = the workload's outer workers):
+    default            plain python, nothing set
+    static-env         OMP/OPENBLAS/MKL_NUM_THREADS = max(1, C // P) in the environment
+    threadpoolctl      each pool worker calls threadpool_limits(max(1, C // P)) in its initializer
+    composepar         python -m composepar -n C --domain bench-<pid>
+    composepar-static  the same with --static
+
+The time is the workload's run() measured inside the child (pool start-up
+included, interpreter start-up and imports not); for `independent`, whose run()
+starts K programs, it is the wall clock of those programs, start-up included.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RUN_PY = os.path.abspath(__file__)
+MODES = ("default", "static-env", "threadpoolctl", "composepar", "composepar-static")
+REFERENCE_MODE = "composepar"
+RESULT_TAG = "BENCH_RESULT "
+# Stripped from the children's environment so "default" really has nothing set.
+THREAD_VARIABLES = (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS",
+    "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_DYNAMIC",
+)
+STATIC_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+# --------------------------------------------------------------- in the child
+
+
+def child_main(name, params_json):
+    """--child: runs the workload once and prints its time."""
+    from workloads import WORKLOADS
+
+    workload = WORKLOADS[name]
+    params = json.loads(params_json)
+    start = time.perf_counter()
+    workload.run(params)
+    seconds = time.perf_counter() - start
+    print(RESULT_TAG + json.dumps({"seconds": seconds}), flush=True)
+    return 0
+
+
+def limit_main(name, params_json):
+    """--limit: each task alone with 1 thread, in this process; prints the task times."""
+    import threadpoolctl
+
+    from workloads import WORKLOADS
+
+    workload = WORKLOADS[name]
+    params = json.loads(params_json)
+    task_seconds = []
+    with threadpoolctl.threadpool_limits(1):
+        for fn, args in workload.tasks(params):
+            start = time.perf_counter()
+            fn(*args)
+            task_seconds.append(time.perf_counter() - start)
+    print(RESULT_TAG + json.dumps({"task_seconds": task_seconds}), flush=True)
+    return 0
+
+
+# --------------------------------------------------------------- in the runner
+
+
+def base_environment(cores, mode):
+    env = {key: value for key, value in os.environ.items()
+           if key not in THREAD_VARIABLES and not key.startswith("COMPOSEPAR_") and not key.startswith("BENCH_")}
+    env["BENCH_MODE"] = mode
+    env["BENCH_CORES"] = str(cores)
+    return env
+
+
+def mode_command(mode, workload, params, cores, domain):
+    """(argv prefix, environment) that start one run of `workload` in `mode`."""
+    env = base_environment(cores, mode)
+    per_worker = max(1, cores // params["workers"])
+    prefix = [sys.executable]
+    if mode == "static-env":
+        env.update({key: str(per_worker) for key in STATIC_VARIABLES})
+    elif mode == "threadpoolctl":
+        env["BENCH_THREADPOOLCTL"] = str(per_worker)
+    elif mode in ("composepar", "composepar-static"):
+        env["BENCH_DOMAIN"] = domain
+        if not workload.LAUNCHES_OWN_PROGRAMS:
+            prefix = [sys.executable, "-m", "composepar", "-n", str(cores), "--domain", domain]
+            if mode == "composepar-static":
+                prefix.append("--static")
+    elif mode != "default":
+        raise ValueError(f"mode must be one of {MODES}; got {mode!r} instead")
+    return prefix, env
+
+
+def _stderr_lines(stderr):
+    lines = [line for line in (stderr or "").strip().splitlines() if line.strip()]
+    return (lines[0], lines[-1]) if lines else ("(no stderr)", "(no stderr)")
+
+
+def run_child(argv, env, timeout):
+    """Runs one child; returns {"ok", "seconds" or the failure, "wall"}."""
+    start = time.perf_counter()
+    try:
+        completed = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, cwd=HERE)
+    except subprocess.TimeoutExpired as expired:
+        stderr = expired.stderr.decode(errors="replace") if isinstance(expired.stderr, bytes) else expired.stderr
+        first, last = _stderr_lines(stderr)
+        return {"ok": False, "returncode": None, "error": f"timed out after {timeout} s",
+                "stderr_first_line": first, "stderr_last_line": last, "wall": time.perf_counter() - start}
+    wall = time.perf_counter() - start
+    result = None
+    for line in completed.stdout.splitlines():
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line[len(RESULT_TAG):])
+    if completed.returncode != 0 or result is None:
+        first, last = _stderr_lines(completed.stderr)
+        return {"ok": False, "returncode": completed.returncode,
+                "error": f"exit status {completed.returncode}" + ("" if result is None else " after a result"),
+                "stderr_first_line": first, "stderr_last_line": last, "wall": wall}
+    return {"ok": True, **result, "wall": wall}
+
+
+def remove_domain(domain):
+    from composepar import _segments
+
+    live = _segments.remove_segment(domain)
+    if live:
+        print(f"warning: segment of domain {domain!r} kept: live processes {live}", file=sys.stderr)
+
+
+def measure_limit(name, params, cores, timeout):
+    env = base_environment(cores, "limit")
+    env.update({key: "1" for key in STATIC_VARIABLES})
+    outcome = run_child([sys.executable, RUN_PY, "--limit", name, json.dumps(params)], env, timeout)
+    if not outcome["ok"]:
+        return {"ok": False, **{k: v for k, v in outcome.items() if k != "ok"}}
+    total = sum(outcome["task_seconds"])
+    return {"ok": True, "task_seconds": outcome["task_seconds"], "serial_seconds": total,
+            "cores": cores, "seconds": total / cores}
+
+
+def summarize(runs):
+    times = [run["seconds"] for run in runs if run["ok"]]
+    summary = {"runs": runs, "times": times, "failed": sum(1 for run in runs if not run["ok"])}
+    if times:
+        summary.update(median=statistics.median(times), min=min(times), max=max(times))
+    return summary
+
+
+def run_workload(name, workload, params, args, domain):
+    description = workload.DESCRIPTION.format(**params)
+    print(f"\n[{name}] {description}", file=sys.stderr, flush=True)
+    limit = measure_limit(name, params, args.cores, args.timeout)
+    if limit["ok"]:
+        print(f"  physical limit {limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s single-threaded)",
+              file=sys.stderr, flush=True)
+    else:
+        print(f"  physical limit FAILED: {limit['stderr_first_line']} ... {limit['stderr_last_line']}",
+              file=sys.stderr, flush=True)
+    runs = {mode: [] for mode in args.modes}
+    for repeat in range(args.repeats):
+        for mode in args.modes:
+            prefix, env = mode_command(mode, workload, params, args.cores, domain)
+            outcome = run_child(prefix + [RUN_PY, "--child", name, json.dumps(params)], env, args.timeout)
+            if mode.startswith("composepar"):
+                remove_domain(domain)
+            outcome["repeat"] = repeat
+            runs[mode].append(outcome)
+            shown = f"{outcome['seconds']:.3f} s" if outcome["ok"] else \
+                f"FAILED ({outcome['error']}): {outcome['stderr_last_line']}"
+            print(f"  repeat {repeat + 1}/{args.repeats} {mode:<18} {shown}", file=sys.stderr, flush=True)
+    modes = {mode: summarize(mode_runs) for mode, mode_runs in runs.items()}
+    reference = modes.get(REFERENCE_MODE, {}).get("median")
+    for summary in modes.values():
+        summary["ratio_to_composepar"] = (summary["median"] / reference
+                                          if reference and "median" in summary else None)
+    finished = {mode: s["median"] for mode, s in modes.items() if "median" in s}
+    best = min(finished, key=finished.get) if finished else None
+    efficiency = limit["seconds"] / reference if limit["ok"] and reference else None
+    return {"description": description, "params": params, "workers": params["workers"], "limit": limit,
+            "modes": modes, "best_mode": best, "composepar_efficiency": efficiency}
+
+
+# --------------------------------------------------------------- report
+
+
+def markdown_table(name, result, repeats):
+    lines = [f"### {name}: {result['description']}", "",
+             "| mode | median (s) | min (s) | max (s) | median / composepar median | failed runs |",
+             "|---|---:|---:|---:|---:|---|"]
+    for mode, summary in result["modes"].items():
+        failed = f"{summary['failed']}/{repeats}"
+        if summary["failed"]:
+            failure = next(run for run in summary["runs"] if not run["ok"])
+            failed += f": {failure['error']}; stderr: `{failure['stderr_first_line']}` ... `{failure['stderr_last_line']}`"
+        if "median" in summary:
+            ratio = summary["ratio_to_composepar"]
+            ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
+            label = f"**{mode}**" if mode == result["best_mode"] else mode
+            lines.append(f"| {label} | {summary['median']:.3f} | {summary['min']:.3f} | {summary['max']:.3f} "
+                         f"| {ratio_text} | {failed} |")
+        else:
+            lines.append(f"| {mode} | failed | failed | failed | n/a | {failed} |")
+    limit = result["limit"]
+    lines.append("")
+    if limit["ok"]:
+        lines.append(f"Physical limit: {limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s of single-threaded "
+                     f"task time / {limit['cores']} cores).")
+    else:
+        lines.append(f"Physical limit: failed ({limit['error']}; `{limit['stderr_last_line']}`).")
+    efficiency = result["composepar_efficiency"]
+    lines.append("composepar efficiency (limit / composepar median): "
+                 + ("n/a" if efficiency is None else f"{efficiency:.2f}") + f". Best mode: {result['best_mode']} "
+                 "(bold).")
+    return "\n".join(lines)
+
+
+MACHINE_PROBE = """
+import json, os, platform, numpy, threadpoolctl
+info = threadpoolctl.threadpool_info()
+print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version__,
+                  "threadpools": [{k: pool.get(k) for k in ("internal_api", "version", "num_threads",
+                                   "threading_layer", "architecture")} for pool in info]}))
+"""
+
+
+def machine_info():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = {"cpu_count": os.cpu_count(), "cpu_model": model, "platform": platform.platform()}
+    probe = subprocess.run([sys.executable, "-c", MACHINE_PROBE], capture_output=True, text=True,
+                           env=base_environment(os.cpu_count(), "probe"))
+    if probe.returncode == 0:
+        info.update(json.loads(probe.stdout))
+    else:
+        info["probe_error"] = _stderr_lines(probe.stderr)[1]
+    try:
+        import composepar
+
+        info["composepar"] = composepar.__version__
+    except ImportError:
+        info["composepar"] = None
+    return info
+
+
+def machine_text(info):
+    pools = ", ".join(f"{pool['internal_api']} {pool['version']} ({pool['threading_layer']}, "
+                      f"{pool['architecture']}, {pool['num_threads']} threads by default)"
+                      for pool in info.get("threadpools", [])) or "unknown"
+    return (f"Machine: {info['cpu_count']} CPUs ({info['cpu_model']}), {info['platform']}; "
+            f"Python {info.get('python', '?')}, NumPy {info.get('numpy', '?')}, native pools: {pools}; "
+            f"composepar {info.get('composepar')}.")
+
+
+def plot(report, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"note: matplotlib is not installed; no plot written (pip install -e \".[bench]\")")
+        return False
+    names = list(report["workloads"])
+    modes = report["modes"]
+    width = 0.8 / len(modes)
+    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.5))
+    for index, mode in enumerate(modes):
+        ratios = [report["workloads"][name]["modes"][mode]["ratio_to_composepar"] for name in names]
+        positions = [i + (index - (len(modes) - 1) / 2) * width for i in range(len(names))]
+        heights = [ratio if ratio is not None else 0 for ratio in ratios]
+        bars = axes.bar(positions, heights, width, label=mode)
+        for bar, ratio in zip(bars, ratios):
+            if ratio is None:
+                axes.text(bar.get_x() + bar.get_width() / 2, 0.02, "failed", rotation=90,
+                          ha="center", va="bottom", fontsize=7)
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    finite = [summary["ratio_to_composepar"] for result in report["workloads"].values()
+              for summary in result["modes"].values() if summary["ratio_to_composepar"]]
+    if finite and max(finite) > 10:
+        axes.set_yscale("log")  # one oversubscribed mode at 40x would flatten every other bar
+    axes.set_xticks(range(len(names)))
+    axes.set_xticklabels(names)
+    axes.set_ylabel("median time / composepar median\n(lower is faster)")
+    machine = report["machine"]
+    axes.set_title(f"{report['cores']} cores ({machine['cpu_model']}), median of {report['repeats']}"
+                   + (", --quick" if report["quick"] else ""))
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+# --------------------------------------------------------------- main
+
+
+def parse_args(argv):
+    from workloads import WORKLOADS
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="every workload at its smallest size (a smoke run)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help=f"run only these workloads (repeatable or comma-separated): {', '.join(WORKLOADS)}")
+    parser.add_argument("--cores", type=int, default=os.cpu_count(),
+                        help="cores to use: composepar's capacity, the static splits, and the workload sizes "
+                             "(default: os.cpu_count())")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per (workload, mode), interleaved (default 3)")
+    parser.add_argument("--timeout", type=int, default=600, help="seconds before one run counts as failed (default 600)")
+    parser.add_argument("--json-out", default=os.path.join(HERE, "results", "suite.json"),
+                        help="where to write the results (default bench/results/suite.json)")
+    parser.add_argument("--plot", default=os.path.join(HERE, "results", "suite.png"),
+                        help="where to write the chart (default bench/results/suite.png)")
+    args = parser.parse_args(argv)
+    for name in ("cores", "repeats", "timeout"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1; got {getattr(args, name)} instead")
+    names = [name.strip() for item in (args.only or []) for name in item.split(",") if name.strip()]
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown:
+        parser.error(f"--only must name workloads among {', '.join(WORKLOADS)}; got {', '.join(unknown)} instead")
+    args.workloads = [name for name in WORKLOADS if not names or name in names]
+    args.modes = list(MODES)
+    return args
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        return child_main(*argv[1:3])
+    if argv[:1] == ["--limit"]:
+        return limit_main(*argv[1:3])
+    from workloads import WORKLOADS
+
+    args = parse_args(argv)
+    domain = f"bench-{os.getpid()}"
+    started = time.monotonic()
+    machine = machine_info()
+    results = {}
+    for name in args.workloads:
+        workload = WORKLOADS[name]
+        results[name] = run_workload(name, workload, workload.params(args.cores, args.quick), args, domain)
+    elapsed = time.monotonic() - started
+
+    print(f"## composepar against the peers ({'--quick, ' if args.quick else ''}{args.cores} cores, "
+          f"median of {args.repeats} interleaved runs, seconds per run of the workload)\n")
+    for name, result in results.items():
+        print(markdown_table(name, result, args.repeats) + "\n")
+    print(machine_text(machine))
+    print(f"\n({elapsed:.0f} s in all)")
+
+    report = {
+        "unit": "seconds per run of the workload",
+        "statistic": f"median of {args.repeats} interleaved runs, each in a fresh process",
+        "quick": args.quick, "cores": args.cores, "repeats": args.repeats, "modes": args.modes,
+        "domain": domain, "machine": machine, "workloads": results, "seconds": round(elapsed, 1),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+    with open(args.json_out, "w") as out:
+        json.dump(report, out, indent=2)
+        out.write("\n")
+    print(f"wrote {args.json_out}")
+    if plot(report, args.plot):
+        print(f"wrote {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
