@@ -32,10 +32,10 @@ import sys
 from . import _config, _demand, _task
 from ._task import Task, idle
 
-__all__ = ["install", "uninstall", "installed", "wrap_task", "submit_to_pool", "submit_to_executor",
+__all__ = ["install", "installed", "wrap_task", "submit_to_pool", "submit_to_executor",
            "map_on_executor", "unpatched"]
 
-_originals = {}  # (owner, attribute name) -> the original attribute, while installed
+_originals = {}  # (owner, attribute name) -> the original attribute, once installed
 _static = False  # --static: fixed split instead of leases
 
 
@@ -240,14 +240,3 @@ def install(static=False):
         if name in sys.modules:
             _patch_loky(sys.modules[name])
     sys.meta_path.insert(0, _loky_finder)
-
-
-def uninstall():
-    """Puts every patched attribute back (for tests)."""
-    for (owner, name), original in _originals.items():
-        setattr(owner, name, original)
-    multiprocessing.pool.IMapIterator.__next__ = multiprocessing.pool.IMapIterator.next
-    concurrent.futures._base.wait = concurrent.futures.wait
-    if _loky_finder in sys.meta_path:
-        sys.meta_path.remove(_loky_finder)
-    _originals.clear()

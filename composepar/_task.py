@@ -76,10 +76,6 @@ os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 def get_arbiter(domain=None):
-    return _get_arbiter(domain)
-
-
-def _get_arbiter(domain=None):
     """The Arbiter of `domain`, default the current COMPOSEPAR_DOMAIN (re-read each time)."""
     domain = domain or _config.resolve_domain()
     arbiter = _arbiters.get(domain)
@@ -169,7 +165,7 @@ class TaskScope:
     def _take_tokens(self):
         if self._static is not None:
             return
-        arbiter = _get_arbiter(self._domain)
+        arbiter = get_arbiter(self._domain)
         if self._threads is not None:
             self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
         else:
@@ -181,7 +177,7 @@ class TaskScope:
             lease.close()
         if self._explicit:
             explicit, self._explicit = self._explicit, 0
-            _get_arbiter(self._domain).release(explicit)
+            get_arbiter(self._domain).release(explicit)
 
     def _close(self):
         _stop_running(self)
@@ -235,7 +231,7 @@ def _start_running(scope):
     state = _process
     with state.lock:
         if not state.running and state.saved is None and native_pools.has_process_pools():
-            state.saved = native_pools.process_settings()  # put back when the last scope ends
+            state.saved = native_pools.snapshot(per_thread=False)  # put back when the last scope ends
         state.running[scope] = None
     if scope._lease is not None:
         wake_refresher()
@@ -249,7 +245,7 @@ def _stop_running(scope):
         if saved is not None:
             state.saved = None
     if saved is not None:
-        native_pools.restore_process_settings(saved)
+        native_pools.restore(saved)
 
 
 def wake_refresher():

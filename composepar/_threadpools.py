@@ -119,31 +119,19 @@ class NativePools:
                 _tbb_control.limit(threads)
             self._process_threads = threads
 
-    def process_settings(self):
-        """The per-process pools' thread counts now, for restore_process_settings()."""
+    def snapshot(self, per_thread=True):
+        """The thread counts of the pools now (per-process ones only if not
+        `per_thread`; per-thread ones are the calling thread's), for restore()."""
         with self.lock:
-            return [(library, library.get()) for library in self.libraries() if not library.per_thread]
+            return [(library, library.get()) for library in self.libraries() if per_thread or not library.per_thread]
 
-    def restore_process_settings(self, saved):
+    def restore(self, saved):
+        """Puts the pools back as snapshot() found them."""
         with self.lock:
             for library, threads in saved:
                 if threads is not None:
                     library.set(threads)
-            self._process_threads = None
-
-    def snapshot(self):
-        """The thread counts of every pool now, for restore()."""
-        with self.lock:
-            return [(library, library.get()) for library in self.libraries()], self._process_threads
-
-    def restore(self, saved):
-        """Puts the pools back as snapshot() found them."""
-        values, process_threads = saved
-        with self.lock:
-            for library, threads in values:
-                if threads is not None:
-                    library.set(threads)
-            self._process_threads = process_threads
+            self._process_threads = None  # set behind our back: the next budget is applied anew
 
     def describe(self):
         """One line per pool found: for --verbose."""

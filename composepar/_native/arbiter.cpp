@@ -849,6 +849,4 @@ std::vector<int> Arbiter::retire_and_unlink() {
     return live;
 }
 
-std::uint64_t Arbiter::epoch() const noexcept { return m_epoch; }
-
 }  // namespace composepar

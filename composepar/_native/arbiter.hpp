@@ -137,9 +137,6 @@ public:
     // than this one is attached. Returns the live pids that prevented it.
     std::vector<int> retire_and_unlink();
 
-    // The epoch that lease handles are stamped with: changes in a forked child.
-    std::uint64_t epoch() const noexcept;
-
 private:
     class Guard;
     struct Edit;
