@@ -53,19 +53,25 @@ Fork. A child starts with nothing held and registers its own slot on first
 use; leases opened in the parent are inert in the child.
 """
 
+from __future__ import annotations  # annotations stay strings: no typing import at start-up
+
 import atexit
 import os
 import sys
 import threading
-from dataclasses import dataclass
-from typing import Optional, Tuple
 
 from . import _config
 from ._cpus import usable_cpus
 from ._errors import CapacityMismatchError, SegmentRetiredError, WouldBlock
 from ._native import _arbiter as _native
 
-__all__ = ["Arbiter", "Lease", "ArbiterStats", "ProcessStats"]
+TYPE_CHECKING = False  # type checkers read it as True; importing typing would cost ~3 ms at start-up
+if TYPE_CHECKING:
+    from typing import Optional
+
+    from ._stats import ArbiterStats
+
+__all__ = ["Arbiter", "Lease"]
 
 # One native handle per segment path in this process: the slot (and the
 # explicit tokens it holds) belongs to the process, not to an Arbiter object.
@@ -121,54 +127,6 @@ def _detach_all():
             handle.detach()
         except Exception:  # noqa: BLE001 - the interpreter is going away; others will reap the slot
             pass
-
-
-@dataclass(frozen=True)
-class ProcessStats:
-    """One attached process, as ``Arbiter.stats()`` saw it."""
-
-    pid: int
-    command: str
-    threads_active: int  # open leases: threads running a task
-    leases_overdrawn: int  # of those, running without their own token
-    tokens_held: int  # every token the process holds
-    tokens_explicit: int  # the part taken by acquire()
-    tokens_wanted: int  # demand not granted (leases and blocked waiters)
-    waiters: int  # threads blocked in acquire()
-    tokens_waited: int  # sum of min_tokens those waiters wait for
-    pool_demand: int  # tasks this process's pools expect to run now
-    pool_leases_open: int  # leases open for those tasks, here or in worker processes
-
-    @property
-    def tokens_extra(self):
-        """Tokens held beyond each running lease's own one (extras and explicit)."""
-        return self.tokens_held - (self.threads_active - self.leases_overdrawn)
-
-
-@dataclass(frozen=True)
-class ArbiterStats:
-    """A consistent snapshot of one domain's segment."""
-
-    domain: str
-    path: str
-    capacity: int
-    tokens_free: int
-    claimants: int  # leases + blocked waiters + processes holding explicit tokens
-    tokens_reclaimed: int  # tokens ever taken back from dead processes
-    processes_reaped: int  # dead processes whose slot was recycled, ever
-    processes: Tuple[ProcessStats, ...]
-
-    @property
-    def tokens_held(self):
-        return self.capacity - self.tokens_free
-
-    @property
-    def leases_overdrawn(self):
-        return sum(p.leases_overdrawn for p in self.processes)
-
-    def process(self, pid):
-        """The line of process `pid`, or None if it is not attached."""
-        return next((p for p in self.processes if p.pid == pid), None)
 
 
 Lease = _native.Lease  # the native class: see its docstring
@@ -326,6 +284,8 @@ class Arbiter:
     # -- observation ------------------------------------------------------
     def stats(self) -> ArbiterStats:
         """A consistent snapshot; dead processes are reaped first."""
+        from ._stats import ArbiterStats, ProcessStats  # dataclasses cost ~10 ms to import: not at start-up
+
         capacity, free, claimants, reclaimed, reaped, processes = self._handle.stats()
         return ArbiterStats(
             domain=self._domain,

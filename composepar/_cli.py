@@ -9,10 +9,12 @@ runs a program (see _launcher). As with python, the launcher's options end at
 the program: ``python -m composepar -n 2 script.py -n 3`` gives ``-n 3`` to
 the script. Usage errors print one line on stderr and exit with 2, as Python
 does.
+
+argparse is imported only for --help, a usage error, or a subcommand: the
+common launch (``-n N``, ``--domain D``, flags) is read by _simple_options,
+since importing argparse costs every launched program ~7 ms.
 """
 
-import argparse
-import json
 import sys
 
 from . import _config
@@ -48,28 +50,88 @@ Exit status: the program's; 2 for a bad option (or, as python, a script that
 cannot be opened); 1 when the budget cannot be attached."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"composepar: error: {message}\n")
+def _parser_class():
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            self.exit(2, f"composepar: error: {message}\n")
+
+    return _Parser
 
 
 class _UsageError(Exception):
     """-m or -c without its value."""
 
 
-def _threads(text):
+def _threads_or_none(text):
     try:
         value = int(text)
     except ValueError:
-        value = None
-    if value is None or not 1 <= value <= _native.MAX_CAPACITY:
+        return None
+    return value if 1 <= value <= _native.MAX_CAPACITY else None
+
+
+def _threads(text):
+    value = _threads_or_none(text)
+    if value is None:
+        import argparse
+
         raise argparse.ArgumentTypeError(
             f"must be an integer between 1 and {_native.MAX_CAPACITY}; got {text!r} instead")
     return value
 
 
+class _LaunchOptions:
+    """The launcher's options, as _build_launcher_parser would parse them."""
+
+    def __init__(self):
+        self.threads = None
+        self.domain = None
+        self.static = False
+        self.no_env = False
+        self.verbose = False
+
+
+_FLAGS = {"--static": "static", "--no-env": "no_env", "-v": "verbose", "--verbose": "verbose"}
+
+
+def _simple_options(options):
+    """Parses `options` (from _split) if each is a plain, valid use of an option;
+    None for anything else (--help, an unknown or bad option): argparse then
+    parses them and words the message."""
+    parsed = _LaunchOptions()
+    i = 0
+    while i < len(options):
+        option = options[i]
+        name, equals, value = option.partition("=") if option.startswith("--") else (option, "", "")
+        if option in _FLAGS:
+            setattr(parsed, _FLAGS[option], True)
+            i += 1
+            continue
+        if name not in _OPTIONS_WITH_VALUE:
+            return None
+        if not equals:
+            if i + 1 >= len(options):
+                return None
+            value = options[i + 1]
+            i += 1
+        i += 1
+        if name == "--domain":
+            if value.startswith("-"):
+                return None  # argparse refuses it as a value: let it say so
+            parsed.domain = value
+        else:
+            parsed.threads = _threads_or_none(value)
+            if parsed.threads is None:
+                return None
+    return parsed
+
+
 def _build_launcher_parser():
-    parser = _Parser(prog="python -m composepar", usage=_USAGE, description=_DESCRIPTION, epilog=_EPILOG,
+    import argparse
+
+    parser = _parser_class()(prog="python -m composepar", usage=_USAGE, description=_DESCRIPTION, epilog=_EPILOG,
                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("-n", "--threads", type=_threads, metavar="N",
                         help="capacity: busy threads for the whole domain (default $COMPOSEPAR_CAPACITY, "
@@ -139,12 +201,14 @@ def _split(argv):
 
 
 def _launch(argv):
-    parser = _build_launcher_parser()
     try:
         options, program = _split(argv)
     except _UsageError as error:
-        parser.error(str(error))
-    args = parser.parse_args(options)
+        _build_launcher_parser().error(str(error))
+    args = _simple_options(options) if program is not None else None
+    if args is None:
+        parser = _build_launcher_parser()
+        args = parser.parse_args(options)
     if program is None:
         parser.error("no program to run: give a script, -m module, -c code or - (the program on stdin); "
                      "see --help")
@@ -153,7 +217,7 @@ def _launch(argv):
 
 
 def _build_parser():
-    parser = _Parser(prog="python -m composepar", description="Composable threading for nested parallelism.")
+    parser = _parser_class()(prog="python -m composepar", description="Composable threading for nested parallelism.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     status = commands.add_parser("status", help="show the budget: capacity, free tokens, attached processes")
@@ -170,6 +234,8 @@ def _build_parser():
 
 
 def _status(args):
+    import json
+
     domain = _config.resolve_domain(args.domain)
     if not segment_exists(domain):
         if args.json:

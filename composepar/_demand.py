@@ -14,7 +14,7 @@ thread, unseen). The arbiter counts tasks expected but not yet started as
 claimants, so the first task of a pool does not take its siblings' share.
 """
 
-import multiprocessing.pool
+import sys
 import threading
 import weakref
 
@@ -31,18 +31,20 @@ _published = {}  # segment path -> (arbiter, the demand last published there); u
 
 
 def _outstanding(pool):
-    if getattr(pool, "_state", None) == multiprocessing.pool.TERMINATE:
-        return 0  # its pending results will never run
     futures = _futures.get(pool)
     if futures is not None:
         pending = {future for future in futures if not future.done()}
         _futures[pool] = pending  # forget the finished ones
         return len(pending)
+    # A multiprocessing pool: its module is loaded (not imported here, for start-up's sake).
+    mp_pool = sys.modules["multiprocessing.pool"]
+    if getattr(pool, "_state", None) == mp_pool.TERMINATE:
+        return 0  # its pending results will never run
     total = 0
     for result in list(getattr(pool, "_cache", {}).values()):
-        if isinstance(result, multiprocessing.pool.MapResult):
+        if isinstance(result, mp_pool.MapResult):
             total += max(0, result._number_left)
-        elif isinstance(result, multiprocessing.pool.IMapIterator):
+        elif isinstance(result, mp_pool.IMapIterator):
             length = result._length
             # _index counts the results received in order; _unsorted holds those received early.
             workers = _pools.get(pool, (1, None))[0]

@@ -1,8 +1,11 @@
-"""composepar's exceptions. Each subclasses the stdlib one a caller would expect."""
+"""composepar's exceptions. Each subclasses the stdlib one a caller would expect.
 
-from concurrent.futures.process import BrokenProcessPool
+BrokenPoolError lives in _broken: its base class, BrokenProcessPool, is in
+concurrent.futures.process, whose import (multiprocessing, sockets, pickle)
+would cost every launched program ~25 ms at start.
+"""
 
-__all__ = ["ArbiterError", "BrokenPoolError", "CapacityMismatchError", "WouldBlock"]
+__all__ = ["ArbiterError", "CapacityMismatchError", "WouldBlock"]
 
 
 class ArbiterError(RuntimeError):
@@ -17,12 +20,6 @@ class CapacityMismatchError(ArbiterError, ValueError):
 
 class WouldBlock(Exception):
     """Raised by ``*_nowait`` calls when the request cannot be granted at once."""
-
-
-class BrokenPoolError(BrokenProcessPool):
-    """A worker of a composepar.Pool died (killed by a signal, or exited
-    abruptly) while the pool was running: the task it ran is lost, so every
-    pending result fails with this error instead of waiting forever."""
 
 
 class SegmentRetiredError(ArbiterError):

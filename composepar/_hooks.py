@@ -18,21 +18,22 @@ Pools that libraries create through these classes (joblib's threading
 backend, Dask's threaded and multiprocessing schedulers) are covered too.
 Under ``--static`` no lease is taken: each task of a pool of P workers gets
 ``capacity // P`` threads, like Intel's smp module.
+
+Every module is patched when it is imported, not before (a finder on
+sys.meta_path runs the real loader, then the patch): a launched program that
+never uses a pool does not pay for importing multiprocessing and
+concurrent.futures, about 30 ms. Modules already imported at install() are
+patched at once.
 """
 
-import concurrent.futures
-import concurrent.futures.process
-import concurrent.futures.thread
 import functools
-import importlib.abc
-import multiprocessing.pool
 import os
 import sys
 
 from . import _config, _demand, _task
 from ._task import Task, idle
 
-__all__ = ["install", "installed", "wrap_task", "submit_to_pool", "submit_to_executor",
+__all__ = ["install", "installed", "wrap_task", "submit_to_pool", "submit_map_to_pool", "submit_to_executor",
            "map_on_executor", "unpatched"]
 
 _originals = {}  # (owner, attribute name) -> the original attribute, once installed
@@ -40,7 +41,7 @@ _static = False  # --static: fixed split instead of leases
 
 
 def installed():
-    return bool(_originals)
+    return _finder in sys.meta_path
 
 
 def _static_threads(workers):
@@ -70,6 +71,20 @@ def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=N
         return original(pool, task, *args, **kwargs)
     finally:
         _demand.after_submit(arbiter, pool, estimate)
+
+
+def submit_map_to_pool(pool, original, func, iterable, mapper, args, kwargs, threads=None):
+    """Pool._map_async (map, starmap and their _async forms) through `original`.
+
+    The Task wraps the *mapper* (mapstar or starmapstar), which runs a whole
+    chunk, rather than `func`: a map of N items in chunks of k takes N/k
+    leases, not N, and pickles one Task per chunk. A chunk is one stretch of
+    work in one worker; its lease is refreshed while it runs."""
+
+    def map_async(pool, task, *rest, **kwargs):
+        return original(pool, func, iterable, task, *rest, **kwargs)
+
+    return submit_to_pool(pool, map_async, mapper, args, kwargs, None, threads)
 
 
 def submit_to_executor(executor, original, fn, args, kwargs):
@@ -136,6 +151,14 @@ def _pool_submit(new_tasks):
     return make
 
 
+def _pool_map_async(original):
+    @functools.wraps(original)
+    def patched(self, func, iterable, mapper, *args, **kwargs):
+        return submit_map_to_pool(self, original, func, iterable, mapper, args, kwargs)
+
+    return patched
+
+
 def _executor_submit(original):
     @functools.wraps(original)
     def patched(self, fn, /, *args, **kwargs):
@@ -169,74 +192,110 @@ def _idle_function(original):
     return patched
 
 
-# loky's executor does not derive from the stdlib's: patch it where it lives.
-_LOKY_MODULES = ("joblib.externals.loky.process_executor", "loky.process_executor")
+def _patch_multiprocessing_pool(pool):
+    """multiprocessing.pool: submits and waits of Pool (ThreadPool derives from it)."""
+    _patch(pool.Pool, "apply_async", _pool_submit(new_tasks=1))
+    _patch(pool.Pool, "_map_async", _pool_map_async)
+    for name in ("imap", "imap_unordered"):
+        _patch(pool.Pool, name, _pool_submit(new_tasks=None))
+    _patch(pool.ApplyResult, "wait", _idle_while(lambda result: result.ready()))
+    _patch(pool.IMapIterator, "next", _idle_while())
+    pool.IMapIterator.__next__ = pool.IMapIterator.next
+    _patch(pool.Pool, "join", _idle_while())
 
 
-def _patch_loky(module):
-    executor = getattr(module, "ProcessPoolExecutor", None)
-    if executor is not None and (executor, "submit") not in _originals:
-        _patch(executor, "submit", _executor_submit)
-        _patch(executor, "map", _executor_map)
+def _patch_futures_base(base):
+    """concurrent.futures._base: Future's waits and wait(). The package binds
+    its own ``wait`` from here after this module is loaded, so it gets the patch;
+    as_completed is left alone (it yields futures already done)."""
+    _patch(base.Future, "result", _idle_while(lambda f: f.done()))
+    _patch(base.Future, "exception", _idle_while(lambda f: f.done()))
+    _patch(base, "wait", _idle_function)
+    package = sys.modules.get("concurrent.futures")
+    if package is not None and getattr(package, "wait", None) is _originals[(base, "wait")]:
+        package.wait = base.wait  # the package was loaded before install(): rebind its name too
 
 
-class _LoadedThenPatched(importlib.abc.Loader):
-    """Runs the real loader, then patches the module it made."""
+def _patch_executor(module, name="ProcessPoolExecutor", waits=True):
+    """An executor's submit and map; with ``waits``, its shutdown(wait=True) as a wait."""
+    executor = getattr(module, name, None)
+    if executor is None:
+        return
+    _patch(executor, "submit", _executor_submit)
+    _patch(executor, "map", _executor_map)
+    if waits:
+        _patch(executor, "shutdown", _idle_while())
 
-    def __init__(self, loader):
+
+# module name -> its patch, applied once, when the module has been loaded.
+# loky's executor does not derive from the stdlib's: it is patched where it lives.
+_PATCHES = {
+    "multiprocessing.pool": _patch_multiprocessing_pool,
+    "concurrent.futures._base": _patch_futures_base,
+    "concurrent.futures.thread": functools.partial(_patch_executor, name="ThreadPoolExecutor"),
+    "concurrent.futures.process": _patch_executor,
+    "joblib.externals.loky.process_executor": functools.partial(_patch_executor, waits=False),
+    "loky.process_executor": functools.partial(_patch_executor, waits=False),
+}
+_patched_modules = set()  # names in _PATCHES whose patch has run
+
+
+def _patch_module(name, module):
+    if name in _patched_modules:
+        return
+    _patched_modules.add(name)
+    _PATCHES[name](module)
+
+
+class _LoadedThenPatched:
+    """Runs the real loader, then patches the module it made. Anything else
+    (get_source, is_package, resource readers) is the real loader's."""
+
+    def __init__(self, loader, name):
         self._loader = loader  # the loader the import system found
+        self._name = name
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _patch_loky(module)
+        _patch_module(self._name, module)
+
+    def __getattr__(self, attribute):
+        return getattr(self._loader, attribute)
 
 
-class _PatchLokyOnImport(importlib.abc.MetaPathFinder):
-    """Finds loky's process_executor with the other finders and patches it once loaded."""
+class _PatchOnImport:
+    """A sys.meta_path finder: finds the modules of _PATCHES with the other
+    finders and wraps their loader so that they are patched once loaded.
+    (Not an importlib.abc subclass: importing importlib.abc costs ~5 ms.)"""
 
     def find_spec(self, name, path, target=None):
-        if name not in _LOKY_MODULES:
+        if name not in _PATCHES or name in _patched_modules:
             return None
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(name, path, target)
             if spec is not None and spec.loader is not None:
-                spec.loader = _LoadedThenPatched(spec.loader)
+                spec.loader = _LoadedThenPatched(spec.loader, name)
                 return spec
         return None
 
 
-_loky_finder = _PatchLokyOnImport()
+_finder = _PatchOnImport()
 
 
 def install(static=False):
-    """Patches the pools and waits of this process. Idempotent."""
+    """Patches the pools and waits of this process, now for the modules already
+    imported and at import for the others. Idempotent."""
     global _static
     _static = static
-    if _originals:
+    if _finder in sys.meta_path:
         return
-    pool = multiprocessing.pool
-    _patch(pool.Pool, "apply_async", _pool_submit(new_tasks=1))
-    for name in ("_map_async", "imap", "imap_unordered"):
-        _patch(pool.Pool, name, _pool_submit(new_tasks=None))
-    for executor in (concurrent.futures.ThreadPoolExecutor, concurrent.futures.ProcessPoolExecutor):
-        _patch(executor, "submit", _executor_submit)
-        _patch(executor, "map", _executor_map)
-        _patch(executor, "shutdown", _idle_while())
-    _patch(pool.ApplyResult, "wait", _idle_while(lambda result: result.ready()))
-    _patch(pool.IMapIterator, "next", _idle_while())
-    pool.IMapIterator.__next__ = pool.IMapIterator.next
-    _patch(pool.Pool, "join", _idle_while())
-    future = concurrent.futures.Future
-    _patch(future, "result", _idle_while(lambda f: f.done()))
-    _patch(future, "exception", _idle_while(lambda f: f.done()))
-    _patch(concurrent.futures, "wait", _idle_function)
-    concurrent.futures._base.wait = concurrent.futures.wait
-    for name in _LOKY_MODULES:
-        if name in sys.modules:
-            _patch_loky(sys.modules[name])
-    sys.meta_path.insert(0, _loky_finder)
+    sys.meta_path.insert(0, _finder)
+    for name in _PATCHES:
+        module = sys.modules.get(name)
+        if module is not None:
+            _patch_module(name, module)

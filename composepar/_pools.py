@@ -22,8 +22,8 @@ import time
 import weakref
 
 from . import _config
-from ._errors import BrokenPoolError
-from ._hooks import map_on_executor, submit_to_executor, submit_to_pool, unpatched
+from ._broken import BrokenPoolError
+from ._hooks import map_on_executor, submit_map_to_pool, submit_to_executor, submit_to_pool, unpatched
 
 __all__ = ["Pool", "ThreadPool", "ProcessPoolExecutor", "ThreadPoolExecutor"]
 
@@ -45,6 +45,11 @@ class _TaskWrapping:
     def _submit(self, original, func, args, kwargs, new_tasks, threads):
         return submit_to_pool(self, original, func, args, kwargs, new_tasks, _checked_threads(threads))
 
+    def _submit_map(self, func, iterable, mapper, chunksize, callback, error_callback, threads):
+        parent = unpatched(multiprocessing.pool.Pool, "_map_async")
+        return submit_map_to_pool(self, parent, func, iterable, mapper, (chunksize, callback, error_callback), {},
+                                  _checked_threads(threads))
+
     def apply(self, func, args=(), kwds={}, *, threads=None):  # noqa: B006 - the stdlib signature
         return self.apply_async(func, args, kwds, threads=threads).get()
 
@@ -56,17 +61,15 @@ class _TaskWrapping:
         return self.map_async(func, iterable, chunksize, threads=threads).get()
 
     def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *, threads=None):
-        parent = unpatched(multiprocessing.pool.Pool, "_map_async")
-        args = (iterable, multiprocessing.pool.mapstar, chunksize, callback, error_callback)
-        return self._submit(parent, func, args, {}, None, threads)
+        return self._submit_map(func, iterable, multiprocessing.pool.mapstar, chunksize, callback, error_callback,
+                                threads)
 
     def starmap(self, func, iterable, chunksize=None, *, threads=None):
         return self.starmap_async(func, iterable, chunksize, threads=threads).get()
 
     def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None, *, threads=None):
-        parent = unpatched(multiprocessing.pool.Pool, "_map_async")
-        args = (iterable, multiprocessing.pool.starmapstar, chunksize, callback, error_callback)
-        return self._submit(parent, func, args, {}, None, threads)
+        return self._submit_map(func, iterable, multiprocessing.pool.starmapstar, chunksize, callback,
+                                error_callback, threads)
 
     def imap(self, func, iterable, chunksize=1, *, threads=None):
         return self._submit(unpatched(multiprocessing.pool.Pool, "imap"), func, (iterable, chunksize), {}, None, threads)

@@ -26,7 +26,6 @@ could not be enforced there; they follow the budget at each task start.
 import atexit
 import os
 import threading
-import time
 import warnings
 
 from . import _config, _demand
@@ -58,6 +57,7 @@ class _ProcessState:
         self.refresher = None  # the refresher thread, started with the first lease
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
         self.stopping = False  # set at exit: the refresher returns
+        self.stopped = threading.Event()  # set with stopping: cuts the refresher's pause short
         self.saved = None  # per-process pool settings before the first scope started; restored after the last
 
 
@@ -275,7 +275,7 @@ def _refresh_loop(state):
                 warnings.warn(f"composepar: the budget refresher failed ({type(error).__name__}: {error}); "
                               f"budgets follow at task starts until it recovers", RuntimeWarning, stacklevel=1)
                 warned = True
-        time.sleep(REFRESH_SECONDS)
+        state.stopped.wait(REFRESH_SECONDS)  # not time.sleep: exit would wait out the pause
 
 
 def _refresh_once(state):
@@ -300,6 +300,7 @@ def _stop_refresher():
     state = _process
     with state.lock:
         state.stopping = True
+        state.stopped.set()
         refresher = state.refresher
     state.wake.set()
     if refresher is not None and refresher is not threading.current_thread():

@@ -1,8 +1,8 @@
 """Setting the thread count of every native pool loaded in this process.
 
 BLAS and OpenMP runtimes are found and driven through threadpoolctl: one
-cached ``ThreadpoolController``, rescanned only when the number of loaded
-shared objects changed (a dlopen since the last look). numba and torch are
+cached ``ThreadpoolController``, rescanned only when a shared object was
+loaded or unloaded since the last look. numba and torch are
 driven when imported, oneTBB (``global_control``) when libtbb is loaded.
 
 Two kinds of pools::
@@ -17,20 +17,30 @@ Two kinds of pools::
 
 OpenBLAS reads its count at every call, so changing the per-process value
 while a task runs takes effect at the task's next BLAS call.
+
+Start-up cost. Importing threadpoolctl (with the dataclasses and typing it
+imports) takes ~17 ms, and ctypes ~3 ms: every launched program would pay
+them at its first line. So a scan first reads the loaded objects' names and
+imports threadpoolctl only if one could be a pool it knows; ctypes is
+imported only to drive TBB.
 """
 
-import ctypes
 import os
 import sys
 import threading
-
-import threadpoolctl
 
 from ._native import _arbiter as _native
 
 __all__ = ["NativePools", "native_pools"]
 
 _PER_THREAD_APIS = {"openmp", "mkl"}
+
+# File name prefixes of the libraries threadpoolctl's controllers look for
+# (its filename_prefixes: OpenBLAS, SciPy's OpenBLAS, BLIS, FlexiBLAS, MKL,
+# and the OpenMP runtimes). Only a filter: a name matching one of them means
+# "ask threadpoolctl", which has the last word.
+_POOL_LIBRARY_PREFIXES = ("libopenblas", "libscipy_openblas", "libblas", "libblis", "libflexiblas", "libmkl_rt",
+                          "libgomp", "libiomp", "libomp")
 
 
 class _LibraryPool:
@@ -66,36 +76,46 @@ class NativePools:
 
     def __init__(self):
         self.lock = threading.RLock()  # guards the fields below and per-process settings
-        self._objects_seen = -1  # loaded_object_count() at the last scan
+        self._objects_seen = -1  # loaded_objects_generation() at the last scan
         self._libraries = []  # _LibraryPool for each BLAS/OpenMP library found
         self._process_threads = None  # the per-process value last applied
         self._has_tbb = False  # libtbb among the loaded objects at the last scan
+        # Whether _libraries holds a per-process / a per-thread pool (asked at
+        # every task start and end: computed once per scan).
+        self._any_process_library = False
+        self._any_per_thread_library = False
 
     def libraries(self):
         """The pools found, rescanning only if a library was loaded since the last look."""
-        count = _native.loaded_object_count()
-        if count != self._objects_seen:
+        generation = _native.loaded_objects_generation()
+        if generation != self._objects_seen:
             with self.lock:
-                if count != self._objects_seen:
-                    self._libraries = [_LibraryPool(c) for c in threadpoolctl.ThreadpoolController().lib_controllers]
-                    self._has_tbb = any("/libtbb.so" in name for name in _loaded_library_names())
-                    self._objects_seen = count
+                if generation != self._objects_seen:
+                    names = _loaded_library_names()
+                    self._libraries = _find_pools(names)
+                    self._any_process_library = any(not library.per_thread for library in self._libraries)
+                    self._any_per_thread_library = any(library.per_thread for library in self._libraries)
+                    self._has_tbb = any("/libtbb.so" in name for name in names)
+                    self._objects_seen = generation
                     self._process_threads = None  # new libraries: apply again
         return self._libraries
 
     def has_process_pools(self):
         """True if some pool here is set per process (OpenBLAS pthreads, BLIS, torch, TBB)."""
-        return (any(not library.per_thread for library in self.libraries()) or self._has_tbb
-                or "torch" in sys.modules)
+        self.libraries()
+        return self._any_process_library or self._has_tbb or "torch" in sys.modules
 
     def has_per_thread_pools(self):
-        return any(library.per_thread for library in self.libraries()) or "numba" in sys.modules
+        self.libraries()
+        return self._any_per_thread_library or "numba" in sys.modules
 
     def set_thread_budget(self, threads):
         """Applies `threads` to the per-thread pools, in the calling thread."""
-        for library in self.libraries():
-            if library.per_thread:
-                library.set(threads)
+        libraries = self.libraries()
+        if self._any_per_thread_library:
+            for library in libraries:
+                if library.per_thread:
+                    library.set(threads)
         numba = sys.modules.get("numba")
         if numba is not None and hasattr(numba, "set_num_threads"):
             try:
@@ -145,10 +165,25 @@ class NativePools:
         return lines
 
 
-class _GlobalControl(ctypes.Structure):
-    """oneTBB's d1::global_control (oneTBB 2021+), passed to r1::create/destroy."""
+def _find_pools(library_names):
+    """A _LibraryPool per pool threadpoolctl finds, if any of the loaded
+    `library_names` may be one (see _POOL_LIBRARY_PREFIXES)."""
+    if "threadpoolctl" not in sys.modules and not any(
+            os.path.basename(name).startswith(_POOL_LIBRARY_PREFIXES) for name in library_names):
+        return []
+    import threadpoolctl
 
-    _fields_ = [("value", ctypes.c_size_t), ("reserved", ctypes.c_ssize_t), ("parameter", ctypes.c_int)]
+    return [_LibraryPool(c) for c in threadpoolctl.ThreadpoolController().lib_controllers]
+
+
+def _global_control_type():
+    """oneTBB's d1::global_control (oneTBB 2021+), passed to r1::create/destroy."""
+    import ctypes
+
+    class _GlobalControl(ctypes.Structure):
+        _fields_ = [("value", ctypes.c_size_t), ("reserved", ctypes.c_ssize_t), ("parameter", ctypes.c_int)]
+
+    return _GlobalControl
 
 
 _MAX_ALLOWED_PARALLELISM = 0  # d1::global_control::max_allowed_parallelism
@@ -165,14 +200,18 @@ class _TbbControl:
 
     def __init__(self):
         self.library = None  # ctypes.CDLL of the loaded libtbb, False if unusable
-        self.current = None  # the live _GlobalControl
+        self.control_type = None  # the global_control structure, made with the library
+        self.current = None  # the live control_type instance
 
     def limit(self, threads):
         if self.library is None:
             self.library = _load_tbb()
+            self.control_type = _global_control_type() if self.library else None
         if not self.library:
             return
-        control = _GlobalControl(threads, 0, _MAX_ALLOWED_PARALLELISM)
+        import ctypes
+
+        control = self.control_type(threads, 0, _MAX_ALLOWED_PARALLELISM)
         getattr(self.library, _TBB_CREATE)(ctypes.byref(control))
         previous, self.current = self.current, control
         if previous is not None:
@@ -180,6 +219,8 @@ class _TbbControl:
 
 
 def _load_tbb():
+    import ctypes
+
     paths = [name for name in _loaded_library_names() if "/libtbb.so" in name]
     for path in paths:
         try:

@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <link.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <mutex>
 #include <stdexcept>
@@ -79,17 +80,32 @@ private:
     bool m_open = true;      // false once closed
 };
 
-// How many shared objects are loaded: changes when a library is dlopen'ed,
-// so callers rescan for thread pools only then.
-int count_object(struct dl_phdr_info*, size_t, void* data) {
-    ++*static_cast<int*>(data);
+// A number that changes whenever a shared object is loaded or unloaded, so
+// callers rescan for thread pools only then. glibc passes its running totals
+// of loads (dlpi_adds) and unloads (dlpi_subs) with every entry: reading them
+// off the first entry is O(1) (this runs at every task start), and unlike a
+// count of the objects it cannot miss an unload followed by a load. A libc
+// without those fields gets the count of objects instead.
+struct LoadGeneration {
+    std::uint64_t value = 0;
+    bool from_counters = false;
+};
+
+int read_load_generation(struct dl_phdr_info* info, size_t size, void* data) {
+    auto* generation = static_cast<LoadGeneration*>(data);
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof(info->dlpi_subs)) {
+        generation->value = info->dlpi_adds + info->dlpi_subs;
+        generation->from_counters = true;
+        return 1;  // stop: the first entry has the totals
+    }
+    ++generation->value;
     return 0;
 }
 
-int loaded_object_count() {
-    int count = 0;
-    dl_iterate_phdr(count_object, &count);
-    return count;
+std::uint64_t loaded_objects_generation() {
+    LoadGeneration generation;
+    dl_iterate_phdr(read_load_generation, &generation);
+    return generation.value;
 }
 
 // Raises composepar._errors.<name>(message): the Python layer owns the classes.
@@ -162,8 +178,8 @@ NB_MODULE(_arbiter, m) {
                    ", own_token=" + (st.own_token ? "True" : "False") + ">";
         });
 
-    m.def("loaded_object_count", &loaded_object_count,
-          "Number of shared objects loaded in this process (changes when a library is loaded).");
+    m.def("loaded_objects_generation", &loaded_objects_generation,
+          "A number that changes whenever a shared object is loaded or unloaded in this process.");
 
     nb::class_<Arbiter>(m, "Arbiter")
         .def(nb::init<std::string, std::uint32_t, std::uint32_t, std::string>(), "path"_a, "capacity"_a,
