@@ -5,6 +5,7 @@ import random
 import time
 
 import composepar
+from composepar import _task
 
 
 def hold_explicit_then_wait(domain, n, ready, done):
@@ -250,3 +251,14 @@ def thread_pool_native_check(domain, kind, path, capacity, spin, answers):
         results = pool.map(native_task, [spin] * 8, chunksize=1)
         _, lone_budget, _ = pool.apply(native_task, (spin,))
     answers.put((ledger.violation.value, results, lone_budget))
+
+
+_scopes_seen = []  # every task scope an item ran in, kept alive so that their ids stay distinct
+
+
+def scope_of_item(_=None):
+    """(pid, id) of the task scope this item runs in (None outside any)."""
+    scope = _task.current_scope()
+    if scope is not None:
+        _scopes_seen.append(scope)
+    return None if scope is None else (os.getpid(), id(scope))

@@ -196,3 +196,83 @@ def test_one_limit_object_entered_by_two_threads_keeps_their_blocks_apart(domain
         thread.join()
     assert seen == [1, 1]
     assert arbiter.stats().tokens_free == 4
+
+
+# --- start-up and per-task cost (issue 4): behaviour the optimisations must keep
+
+
+def test_launching_an_empty_program_imports_no_pool_or_heavy_module():
+    """The pools are patched when their modules are imported, not before: a
+    program that uses none does not pay ~40 ms for multiprocessing,
+    concurrent.futures, threadpoolctl, dataclasses and argparse."""
+    heavy = ("multiprocessing", "concurrent.futures", "threadpoolctl", "dataclasses", "argparse", "typing",
+             "ctypes", "inspect", "re", "json")
+    code = f"import sys; print(' '.join(m for m in {heavy!r} if m in sys.modules))"
+    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    launched = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "-c", code],
+                              capture_output=True, text=True, check=True)
+    assert set(launched.stdout.split()) <= set(plain.stdout.split()), launched.stdout
+
+
+def test_pools_imported_before_install_are_patched_at_once_and_later_ones_at_import():
+    code = """
+import concurrent.futures, multiprocessing.pool, sys
+from composepar import _hooks
+assert "concurrent.futures.process" not in sys.modules
+_hooks.install()
+print(multiprocessing.pool.Pool.apply_async is not _hooks.unpatched(multiprocessing.pool.Pool, "apply_async"))
+print(concurrent.futures.wait is not _hooks.unpatched(sys.modules["concurrent.futures._base"], "wait"))
+print(concurrent.futures.Future.result is not _hooks.unpatched(concurrent.futures.Future, "result"))
+from concurrent.futures import ProcessPoolExecutor  # imported after install: patched by the finder
+print(ProcessPoolExecutor.submit is not _hooks.unpatched(ProcessPoolExecutor, "submit"))
+import inspect, concurrent.futures.process
+print(len(inspect.getsource(concurrent.futures.process)) > 0)  # the wrapped loader still serves sources
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True"] * 5
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_map_takes_one_task_scope_per_chunk(domain, start_method):
+    import multiprocessing
+
+    import _workers
+
+    with composepar.Pool(2, context=multiprocessing.get_context(start_method)) as pool:
+        ids = pool.map(_workers.scope_of_item, range(12), chunksize=4)
+    assert None not in ids
+    chunks = [ids[i:i + 4] for i in range(0, 12, 4)]
+    assert all(len(set(chunk)) == 1 for chunk in chunks), ids  # one scope for the items of a chunk
+    assert len(set(ids)) == 3, ids  # and one per chunk
+
+
+def test_the_load_generation_changes_when_a_library_is_loaded(tmp_path):
+    import ctypes
+
+    from composepar._native import _arbiter as native
+
+    source = tmp_path / "nothing.c"
+    source.write_text("int composepar_test_nothing(void) { return 7; }\n")
+    library = tmp_path / "libnothing.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    before = native.loaded_objects_generation()
+    assert native.loaded_objects_generation() == before  # nothing loaded in between
+    assert ctypes.CDLL(str(library)).composepar_test_nothing() == 7
+    assert native.loaded_objects_generation() != before
+
+
+@pytest.mark.parametrize("options", [
+    [], ["-n", "3"], ["--threads", "4"], ["--threads=5"], ["--domain", "x"], ["--domain=y.z"], ["--domain="],
+    ["--static"], ["--no-env"], ["-v"], ["--verbose"], ["-n", "2", "--domain", "d", "--static", "-v"],
+    ["-n", "2", "-n", "3"], ["--domain", "-5"], ["-n", "0"], ["-n", "x"], ["--static=1"], ["--dom", "x"],
+    ["-h"], ["--domain"], ["-n", "=4"], ["--threads", "-3"],
+])
+def test_the_launchers_fast_option_reading_agrees_with_argparse(options):
+    from composepar import _cli
+
+    fast = _cli._simple_options(options)
+    if fast is None:
+        return  # argparse reads these: its own tests cover them
+    parsed = _cli._build_launcher_parser().parse_args(options)
+    assert vars(fast) == vars(parsed)
