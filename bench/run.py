@@ -19,8 +19,15 @@ Modes (C = --cores, P = the workload's outer workers):
     default            plain python, nothing set
     static-env         OMP/OPENBLAS/MKL_NUM_THREADS = max(1, C // P) in the environment
     threadpoolctl      each pool worker calls threadpool_limits(max(1, C // P)) in its initializer
+    joblib-inner       joblib workloads only: parallel_config(inner_max_num_threads=max(1, C // P))
+    omp-passive        OpenMP workloads only: OMP_WAIT_POLICY=passive and nothing else
+    tbb, tbb-ipc       python -m tbb [--ipc] (tbb4py: the bench extra installs it)
     composepar         python -m composepar -n C --domain bench-<pid>
     composepar-static  the same with --static
+A workload lists the modes it alone can use in EXTRA_MODES.
+
+The physical limit is measured in each repeat too, interleaved with the
+modes (the machine drifts): its median over the repeats is the one reported.
 
 The time is the workload's run() measured inside the child (pool start-up
 included, interpreter start-up and imports not); for `independent`, whose run()
@@ -38,7 +45,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_PY = os.path.abspath(__file__)
-MODES = ("default", "static-env", "threadpoolctl", "composepar", "composepar-static")
+MODES = ("default", "static-env", "threadpoolctl", "joblib-inner", "omp-passive", "tbb", "tbb-ipc", "composepar",
+         "composepar-static")  # the order of the tables
+EXTRA_MODES = ("joblib-inner", "omp-passive")  # only for the workloads that list them
 REFERENCE_MODE = "composepar"
 RESULT_TAG = "BENCH_RESULT "
 # Stripped from the children's environment so "default" really has nothing set.
@@ -104,6 +113,13 @@ def mode_command(mode, workload, params, cores, domain):
         env.update({key: str(per_worker) for key in STATIC_VARIABLES})
     elif mode == "threadpoolctl":
         env["BENCH_THREADPOOLCTL"] = str(per_worker)
+    elif mode == "joblib-inner":
+        env["BENCH_JOBLIB_INNER"] = str(per_worker)
+    elif mode == "omp-passive":
+        env["OMP_WAIT_POLICY"] = "passive"
+    elif mode in ("tbb", "tbb-ipc"):
+        if not workload.LAUNCHES_OWN_PROGRAMS:
+            prefix = [sys.executable, "-m", "tbb"] + (["--ipc"] if mode == "tbb-ipc" else [])
     elif mode in ("composepar", "composepar-static"):
         env["BENCH_DOMAIN"] = domain
         if not workload.LAUNCHES_OWN_PROGRAMS:
@@ -152,14 +168,33 @@ def remove_domain(domain):
 
 
 def measure_limit(name, params, cores, timeout):
+    """One measurement of the physical limit: every task alone, 1 thread, in a fresh process."""
     env = base_environment(cores, "limit")
     env.update({key: "1" for key in STATIC_VARIABLES})
     outcome = run_child([sys.executable, RUN_PY, "--limit", name, json.dumps(params)], env, timeout)
     if not outcome["ok"]:
-        return {"ok": False, **{k: v for k, v in outcome.items() if k != "ok"}}
+        return outcome
     total = sum(outcome["task_seconds"])
-    return {"ok": True, "task_seconds": outcome["task_seconds"], "serial_seconds": total,
-            "cores": cores, "seconds": total / cores}
+    return {"ok": True, "task_seconds": outcome["task_seconds"], "serial_seconds": total, "seconds": total / cores}
+
+
+def summarize_limit(measurements, cores):
+    """The limit reported: the median over the repeats' measurements."""
+    passed = [m for m in measurements if m["ok"]]
+    if not passed:
+        failure = measurements[0]
+        return {"ok": False, "measurements": measurements, "error": failure["error"],
+                "stderr_last_line": failure["stderr_last_line"]}
+    serial = statistics.median(m["serial_seconds"] for m in passed)
+    return {"ok": True, "measurements": measurements, "serial_seconds": serial, "cores": cores,
+            "seconds": serial / cores, "serial_seconds_min": min(m["serial_seconds"] for m in passed),
+            "serial_seconds_max": max(m["serial_seconds"] for m in passed)}
+
+
+def workload_modes(workload, modes):
+    """The modes to run for `workload`: those asked for, minus extra modes it does not list."""
+    extra = getattr(workload, "EXTRA_MODES", ())
+    return [mode for mode in modes if mode not in EXTRA_MODES or mode in extra]
 
 
 def summarize(runs):
@@ -173,16 +208,20 @@ def summarize(runs):
 def run_workload(name, workload, params, args, domain):
     description = workload.DESCRIPTION.format(**params)
     print(f"\n[{name}] {description}", file=sys.stderr, flush=True)
-    limit = measure_limit(name, params, args.cores, args.timeout)
-    if limit["ok"]:
-        print(f"  physical limit {limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s single-threaded)",
-              file=sys.stderr, flush=True)
-    else:
-        print(f"  physical limit FAILED: {limit['stderr_first_line']} ... {limit['stderr_last_line']}",
-              file=sys.stderr, flush=True)
-    runs = {mode: [] for mode in args.modes}
+    prepare = getattr(workload, "prepare", None)
+    if prepare is not None:
+        prepare(params)  # e.g. builds a kernel, once, in the runner
+    modes = workload_modes(workload, args.modes)
+    runs = {mode: [] for mode in modes}
+    limits = []
     for repeat in range(args.repeats):
-        for mode in args.modes:
+        limit = measure_limit(name, params, args.cores, args.timeout)
+        limit["repeat"] = repeat
+        limits.append(limit)
+        shown = f"{limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s single-threaded)" if limit["ok"] else \
+            f"FAILED ({limit['error']}): {limit['stderr_last_line']}"
+        print(f"  repeat {repeat + 1}/{args.repeats} {'physical limit':<18} {shown}", file=sys.stderr, flush=True)
+        for mode in modes:
             prefix, env = mode_command(mode, workload, params, args.cores, domain)
             outcome = run_child(prefix + [RUN_PY, "--child", name, json.dumps(params)], env, args.timeout)
             if mode.startswith("composepar"):
@@ -192,6 +231,7 @@ def run_workload(name, workload, params, args, domain):
             shown = f"{outcome['seconds']:.3f} s" if outcome["ok"] else \
                 f"FAILED ({outcome['error']}): {outcome['stderr_last_line']}"
             print(f"  repeat {repeat + 1}/{args.repeats} {mode:<18} {shown}", file=sys.stderr, flush=True)
+    limit = summarize_limit(limits, args.cores)
     modes = {mode: summarize(mode_runs) for mode, mode_runs in runs.items()}
     reference = modes.get(REFERENCE_MODE, {}).get("median")
     for summary in modes.values():
@@ -228,7 +268,9 @@ def markdown_table(name, result, repeats):
     lines.append("")
     if limit["ok"]:
         lines.append(f"Physical limit: {limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s of single-threaded "
-                     f"task time / {limit['cores']} cores).")
+                     f"task time / {limit['cores']} cores; median of {len(limit['measurements'])} measurements "
+                     f"interleaved with the runs, {limit['serial_seconds_min']:.3f} to "
+                     f"{limit['serial_seconds_max']:.3f} s).")
     else:
         lines.append(f"Physical limit: failed ({limit['error']}; `{limit['stderr_last_line']}`).")
     efficiency = result["composepar_efficiency"]
@@ -239,9 +281,15 @@ def markdown_table(name, result, repeats):
 
 
 MACHINE_PROBE = """
-import json, os, platform, numpy, threadpoolctl
+import importlib.metadata, json, os, platform, numpy, threadpoolctl
 info = threadpoolctl.threadpool_info()
-print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version__,
+versions = {}
+for name in ("scipy", "joblib", "dask", "threadpoolctl", "tbb", "tbb4py"):
+    try:
+        versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        versions[name] = None
+print(json.dumps({"python": platform.python_version(), "numpy": numpy.__version__, "packages": versions,
                   "threadpools": [{k: pool.get(k) for k in ("internal_api", "version", "num_threads",
                                    "threading_layer", "architecture")} for pool in info]}))
 """
@@ -277,9 +325,10 @@ def machine_text(info):
     pools = ", ".join(f"{pool['internal_api']} {pool['version']} ({pool['threading_layer']}, "
                       f"{pool['architecture']}, {pool['num_threads']} threads by default)"
                       for pool in info.get("threadpools", [])) or "unknown"
+    packages = ", ".join(f"{name} {version or 'not installed'}" for name, version in info.get("packages", {}).items())
     return (f"Machine: {info['cpu_count']} CPUs ({info['cpu_model']}), {info['platform']}; "
             f"Python {info.get('python', '?')}, NumPy {info.get('numpy', '?')}, native pools: {pools}; "
-            f"composepar {info.get('composepar')}.")
+            f"{packages}; composepar {info.get('composepar')}.")
 
 
 def plot(report, path):
@@ -293,29 +342,37 @@ def plot(report, path):
         return False
     names = list(report["workloads"])
     modes = report["modes"]
-    width = 0.8 / len(modes)
-    figure, axes = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.5))
-    for index, mode in enumerate(modes):
-        ratios = [report["workloads"][name]["modes"][mode]["ratio_to_composepar"] for name in names]
-        positions = [i + (index - (len(modes) - 1) / 2) * width for i in range(len(names))]
-        heights = [ratio if ratio is not None else 0 for ratio in ratios]
-        bars = axes.bar(positions, heights, width, label=mode)
-        for bar, ratio in zip(bars, ratios):
+    colors = {mode: f"C{index % 10}" for index, mode in enumerate(modes)}
+    slots = max(len(result["modes"]) for result in report["workloads"].values())
+    width = 0.85 / slots
+    figure, axes = plt.subplots(figsize=(max(7, 1.3 * len(names) + 3), 5))
+    labelled = set()
+    for position, name in enumerate(names):
+        # Only the modes this workload ran, side by side (extra modes are per workload).
+        ran = [mode for mode in modes if mode in report["workloads"][name]["modes"]]
+        for index, mode in enumerate(ran):
+            ratio = report["workloads"][name]["modes"][mode]["ratio_to_composepar"]
+            x = position + (index - (len(ran) - 1) / 2) * width
+            label = None if mode in labelled else mode
+            labelled.add(mode)
+            axes.bar(x, ratio if ratio is not None else 0, width, color=colors[mode], label=label)
             if ratio is None:
-                axes.text(bar.get_x() + bar.get_width() / 2, 0.02, "failed", rotation=90,
-                          ha="center", va="bottom", fontsize=7)
+                axes.text(x, 1.0, "failed", rotation=90, ha="center", va="bottom", fontsize=6)
     axes.axhline(1.0, color="black", linewidth=0.8)
     finite = [summary["ratio_to_composepar"] for result in report["workloads"].values()
               for summary in result["modes"].values() if summary["ratio_to_composepar"]]
     if finite and max(finite) > 10:
         axes.set_yscale("log")  # one oversubscribed mode at 40x would flatten every other bar
     axes.set_xticks(range(len(names)))
-    axes.set_xticklabels(names)
+    axes.set_xticklabels(names, rotation=30, ha="right")
     axes.set_ylabel("median time / composepar median\n(lower is faster)")
     machine = report["machine"]
     axes.set_title(f"{report['cores']} cores ({machine['cpu_model']}), median of {report['repeats']}"
                    + (", --quick" if report["quick"] else ""))
-    axes.legend(fontsize=8)
+    handles, labels = axes.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: modes.index(labels[i]))
+    axes.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=8, loc="upper left",
+                bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     figure.savefig(path, dpi=120)
@@ -338,6 +395,8 @@ def parse_args(argv):
                              "(default: os.cpu_count())")
     parser.add_argument("--repeats", type=int, default=3, help="runs per (workload, mode), interleaved (default 3)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds before one run counts as failed (default 600)")
+    parser.add_argument("--modes", metavar="MODE[,MODE...]",
+                        help=f"run only these modes (default: all): {', '.join(MODES)}")
     parser.add_argument("--json-out", default=os.path.join(HERE, "results", "suite.json"),
                         help="where to write the results (default bench/results/suite.json)")
     parser.add_argument("--plot", default=os.path.join(HERE, "results", "suite.png"),
@@ -351,7 +410,11 @@ def parse_args(argv):
     if unknown:
         parser.error(f"--only must name workloads among {', '.join(WORKLOADS)}; got {', '.join(unknown)} instead")
     args.workloads = [name for name in WORKLOADS if not names or name in names]
-    args.modes = list(MODES)
+    modes = [mode.strip() for mode in (args.modes or "").split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in MODES]
+    if unknown:
+        parser.error(f"--modes must name modes among {', '.join(MODES)}; got {', '.join(unknown)} instead")
+    args.modes = [mode for mode in MODES if not modes or mode in modes]
     return args
 
 
