@@ -54,7 +54,7 @@ RESULT_TAG = "BENCH_RESULT "
 THREAD_VARIABLES = (
     "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS", "NUMBA_NUM_THREADS",
-    "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "MKL_DYNAMIC",
+    "OMP_WAIT_POLICY", "KMP_BLOCKTIME", "GOMP_SPINCOUNT", "MKL_DYNAMIC",
 )
 STATIC_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -393,7 +393,8 @@ def parse_args(argv):
     parser.add_argument("--cores", type=int, default=os.cpu_count(),
                         help="cores to use: composepar's capacity, the static splits, and the workload sizes "
                              "(default: os.cpu_count())")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per (workload, mode), interleaved (default 3)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="runs per (workload, mode), interleaved (default 3; 1 with --quick)")
     parser.add_argument("--timeout", type=int, default=600, help="seconds before one run counts as failed (default 600)")
     parser.add_argument("--modes", metavar="MODE[,MODE...]",
                         help=f"run only these modes (default: all): {', '.join(MODES)}")
@@ -402,6 +403,8 @@ def parse_args(argv):
     parser.add_argument("--plot", default=os.path.join(HERE, "results", "suite.png"),
                         help="where to write the chart (default bench/results/suite.png)")
     args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
     for name in ("cores", "repeats", "timeout"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1; got {getattr(args, name)} instead")

@@ -6,8 +6,14 @@ through these variables; a workload reads them only here:
     BENCH_MODE              the mode's name (default, static-env, threadpoolctl, ...)
     BENCH_CORES             the cores the suite was told to use (--cores)
     BENCH_THREADPOOLCTL     threadpoolctl mode only: the limit each pool worker sets
+    BENCH_JOBLIB_INNER      joblib-inner mode only: joblib's inner_max_num_threads
+                            (read by _joblib.py)
     BENCH_DOMAIN            composepar modes: the domain, for workloads that
                             launch their own programs (independent)
+
+The tbb, tbb-ipc and omp-passive modes need nothing from a workload that runs in
+the runner's child: the child is started under `python -m tbb [--ipc]`, or with
+OMP_WAIT_POLICY=passive in its environment.
 """
 
 import os
@@ -23,14 +29,40 @@ def cores():
     return int(os.environ.get("BENCH_CORES") or os.cpu_count())
 
 
-def worker_initializer():
-    """Pool initializer: the threadpoolctl mode's per-worker limit, nothing otherwise."""
+def threadpoolctl_limit():
+    """The threadpoolctl mode's per-worker thread limit; None in the other modes."""
     limit = os.environ.get("BENCH_THREADPOOLCTL")
+    return int(limit) if limit else None
+
+
+def worker_initializer():
+    """Pool initializer: the threadpoolctl mode's per-worker limit, nothing otherwise.
+
+    It limits the libraries loaded when it runs: a worker that loads one later
+    (a ctypes kernel) must load it before calling this.
+    """
+    limit = threadpoolctl_limit()
     if limit:
         import threadpoolctl
 
         # Not a context manager: the limit stays for the worker's life.
-        threadpoolctl.threadpool_limits(int(limit))
+        threadpoolctl.threadpool_limits(limit)
+
+
+_limited_in_this_process = False  # limit_once_in_process() has run in this process
+
+
+def limit_once_in_process():
+    """worker_initializer() for process pools that take none (loky), called by each task.
+
+    Only the first call in a process applies the limit; the later ones cost a
+    global's read. (Thread pools need no such thing: OpenBLAS's count is per
+    process, so their workloads call worker_initializer() once before the pool.)
+    """
+    global _limited_in_this_process
+    if not _limited_in_this_process:
+        worker_initializer()
+        _limited_in_this_process = True
 
 
 def random_matrix(seed, size, symmetric=False):

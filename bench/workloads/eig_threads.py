@@ -1,4 +1,10 @@
-"""(1) Balanced eig in threads: ThreadPool(C) maps np.linalg.eig over many 256x256 matrices."""
+"""(1) Balanced eig in threads: ThreadPool(C) maps np.linalg.eig over many 256x256 matrices.
+
+The pool takes no initializer and is used through map() only, because under
+`python -m tbb` ThreadPool is tbb.pool.Pool, which has neither initializer nor
+starmap. The threadpoolctl mode's limit is applied once in this process before
+the pool starts: OpenBLAS's thread count is per process, shared by the threads.
+"""
 
 from multiprocessing.pool import ThreadPool
 
@@ -17,7 +23,12 @@ def tasks(p):
     return [(_common.eig_check, (seed, p["size"])) for seed in range(p["tasks"])]
 
 
+def _eig_item(item):
+    return _common.eig_check(*item)
+
+
 def run(p):
-    with ThreadPool(p["workers"], initializer=_common.worker_initializer) as pool:
-        results = pool.starmap(_common.eig_check, [(seed, p["size"]) for seed in range(p["tasks"])])
+    _common.worker_initializer()
+    with ThreadPool(p["workers"]) as pool:
+        results = pool.map(_eig_item, [(seed, p["size"]) for seed in range(p["tasks"])])
     _common.verify_traces(results, NAME)

@@ -1,16 +1,22 @@
 """(8) Independent programs: K copies of a BLAS-heavy script started at once, unaware of each other.
 
 The run is the wall clock from starting the K copies to the last one's exit
-(their interpreter start-up included). Each copy is launched as its mode says:
+(their interpreter start-up included). COPY is a script run() writes to a
+temporary directory (python -m tbb takes a script path, not -c); each copy is
+launched as its mode says:
 
-    default, static-env   python -c COPY          (static-env: the *_NUM_THREADS inherited)
-    threadpoolctl         python -c COPY          the copy calls threadpool_limits(C // K) first
-    composepar[-static]   python -m composepar -n C --domain D [--static] -c COPY   (one shared D)
+    default, static-env   python COPY             (static-env: the *_NUM_THREADS inherited)
+    threadpoolctl         python COPY             the copy calls threadpool_limits(C // K) first
+    tbb, tbb-ipc          python -m tbb [--ipc] COPY
+    composepar[-static]   python -m composepar -n C --domain D [--static] COPY   (one shared D)
+
+The joblib-inner and omp-passive modes do not apply (no EXTRA_MODES).
 """
 
 import os
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 
@@ -49,27 +55,44 @@ def tasks(p):
     return [(copy_work, (seed, p["repeats"], p["size"])) for seed in range(p["copies"])]
 
 
-def _command(seed, p):
-    code = (f"import sys; sys.path.insert(0, {BENCH_DIR!r}); from workloads.independent import copy_main; "
-            f"copy_main({seed}, {p['repeats']}, {p['size']})")
+COPY_SCRIPT = f"""import sys
+sys.path.insert(0, {BENCH_DIR!r})
+from workloads.independent import copy_main
+if __name__ == "__main__":
+    copy_main(*(int(arg) for arg in sys.argv[1:]))
+"""
+
+
+def _launcher():
+    """The argv that starts a Python script as the mode says, up to the script's path."""
     mode = _common.mode()
     if mode.startswith("composepar"):
         launcher = [sys.executable, "-m", "composepar", "-n", str(_common.cores()),
                     "--domain", os.environ["BENCH_DOMAIN"]]
-        if mode == "composepar-static":
-            launcher.append("--static")
-        return launcher + ["-c", code]
-    return [sys.executable, "-c", code]
+        return launcher + (["--static"] if mode == "composepar-static" else [])
+    if mode == "tbb":
+        return [sys.executable, "-m", "tbb"]
+    if mode == "tbb-ipc":
+        return [sys.executable, "-m", "tbb", "--ipc"]
+    return [sys.executable]
 
 
 def run(p):
-    copies = [subprocess.Popen(_command(seed, p), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-              for seed in range(p["copies"])]
-    failures = []
-    for seed, copy in enumerate(copies):
-        _, stderr = copy.communicate()
-        if copy.returncode != 0:
-            lines = stderr.strip().splitlines() or ["(no stderr)"]
-            failures.append(f"copy {seed} exited {copy.returncode}: {lines[-1]}")
+    with tempfile.TemporaryDirectory(prefix="bench-independent-") as directory:
+        # Not "copy.py": the script's directory comes first on sys.path, and
+        # the stdlib's copy module (imported by dataclasses, numpy) would be it.
+        script = os.path.join(directory, "bench_independent_copy.py")
+        with open(script, "w") as out:
+            out.write(COPY_SCRIPT)
+        launcher = _launcher()
+        copies = [subprocess.Popen(launcher + [script, str(seed), str(p["repeats"]), str(p["size"])],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                  for seed in range(p["copies"])]
+        failures = []
+        for seed, copy in enumerate(copies):
+            _, stderr = copy.communicate()
+            if copy.returncode != 0:
+                lines = stderr.strip().splitlines() or ["(no stderr)"]
+                failures.append(f"copy {seed} exited {copy.returncode}: {lines[-1]}")
     if failures:
         raise RuntimeError("; ".join(failures))
