@@ -43,6 +43,8 @@ import time
 import composepar
 from composepar import _segments
 
+import _results  # bench/_results.py: the script's folder is first in sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 NATIVE = os.path.join(ROOT, "composepar", "_native")
@@ -341,11 +343,7 @@ def main(argv=None):
         "goals": checks,
         "seconds": round(elapsed, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-    with open(args.json_out, "w") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
-    print(f"wrote {args.json_out}")
+    _results.write_json(report, args.json_out)
     return 0
 
 

@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+import _results  # bench/_results.py: the script's folder is first in sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULT_TAG = "OVERHEAD_RESULT "
 STRIPPED = ("PYTHONDONTWRITEBYTECODE", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
@@ -175,11 +177,7 @@ def main(argv=None):
               "python": platform.python_version(), "platform": platform.platform(), "startup": startup,
               "per_task": per_task}
     print(markdown(report))
-    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-    with open(args.json_out, "w") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
-    print(f"wrote {args.json_out}")
+    _results.write_json(report, args.json_out)
     return 0
 
 

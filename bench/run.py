@@ -43,6 +43,8 @@ import subprocess
 import sys
 import time
 
+import _results  # bench/_results.py: the script's folder is first in sys.path
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RUN_PY = os.path.abspath(__file__)
 MODES = ("default", "static-env", "threadpoolctl", "joblib-inner", "omp-passive", "tbb", "tbb-ipc", "composepar",
@@ -452,11 +454,7 @@ def main(argv=None):
         "quick": args.quick, "cores": args.cores, "repeats": args.repeats, "modes": args.modes,
         "domain": domain, "machine": machine, "workloads": results, "seconds": round(elapsed, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
-    with open(args.json_out, "w") as out:
-        json.dump(report, out, indent=2)
-        out.write("\n")
-    print(f"wrote {args.json_out}")
+    _results.write_json(report, args.json_out)
     if plot(report, args.plot):
         print(f"wrote {args.plot}")
     return 0

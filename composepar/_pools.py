@@ -160,26 +160,27 @@ class ThreadPool(_TaskWrapping, multiprocessing.pool.ThreadPool):
     """``multiprocessing.pool.ThreadPool`` coordinated through the arbiter."""
 
 
-class ProcessPoolExecutor(concurrent.futures.ProcessPoolExecutor):
+class _ExecutorWrapping:
+    """submit and map of a concurrent.futures executor, with ``fn`` run as a
+    composepar Task; ``_stdlib`` is the executor class whose own methods queue it."""
+
+    _stdlib = None  # set by each subclass
+
+    def submit(self, fn, /, *args, **kwargs):
+        return submit_to_executor(self, unpatched(self._stdlib, "submit"), fn, args, kwargs)
+
+    def map(self, fn, *iterables, **kwargs):
+        return map_on_executor(self, unpatched(self._stdlib, "map"), fn, iterables, kwargs)
+
+
+class ProcessPoolExecutor(_ExecutorWrapping, concurrent.futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` coordinated through the arbiter
     (it already raises BrokenProcessPool when a worker dies)."""
 
-    def submit(self, fn, /, *args, **kwargs):
-        original = unpatched(concurrent.futures.ProcessPoolExecutor, "submit")
-        return submit_to_executor(self, original, fn, args, kwargs)
-
-    def map(self, fn, *iterables, **kwargs):
-        original = unpatched(concurrent.futures.ProcessPoolExecutor, "map")
-        return map_on_executor(self, original, fn, iterables, kwargs)
+    _stdlib = concurrent.futures.ProcessPoolExecutor
 
 
-class ThreadPoolExecutor(concurrent.futures.ThreadPoolExecutor):
+class ThreadPoolExecutor(_ExecutorWrapping, concurrent.futures.ThreadPoolExecutor):
     """``concurrent.futures.ThreadPoolExecutor`` coordinated through the arbiter."""
 
-    def submit(self, fn, /, *args, **kwargs):
-        original = unpatched(concurrent.futures.ThreadPoolExecutor, "submit")
-        return submit_to_executor(self, original, fn, args, kwargs)
-
-    def map(self, fn, *iterables, **kwargs):
-        original = unpatched(concurrent.futures.ThreadPoolExecutor, "map")
-        return map_on_executor(self, original, fn, iterables, kwargs)
+    _stdlib = concurrent.futures.ThreadPoolExecutor

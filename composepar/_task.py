@@ -56,8 +56,8 @@ class _ProcessState:
         self.running = {}  # TaskScope -> None: the scopes holding leases in this process
         self.refresher = None  # the refresher thread, started with the first lease
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
-        self.stopping = False  # set at exit: the refresher returns
-        self.stopped = threading.Event()  # set with stopping: cuts the refresher's pause short
+        # Set at exit: the refresher returns, cutting its pause short.
+        self.stopped = threading.Event()
         self.saved = None  # per-process pool settings before the first scope started; restored after the last
 
 
@@ -264,9 +264,9 @@ def wake_refresher():
 def _refresh_loop(state):
     """Every REFRESH_SECONDS: republish pool demand; refresh leases and per-process pools."""
     warned = False
-    while state is _process and not state.stopping:  # a fork child gets a new state and its own refresher
+    while state is _process and not state.stopped.is_set():  # a fork child gets a new state and its own refresher
         state.wake.wait()
-        if state.stopping:
+        if state.stopped.is_set():
             return
         try:
             _refresh_once(state)
@@ -299,7 +299,6 @@ def _stop_refresher():
     the middle of a native call when the runtime goes away can abort the process."""
     state = _process
     with state.lock:
-        state.stopping = True
         state.stopped.set()
         refresher = state.refresher
     state.wake.set()
