@@ -4,14 +4,16 @@ OpenMP, BLAS, numexpr and numba read these variables once, when the library
 is loaded, so the launcher sets them before the program (or anything it
 imports) can load one; the launcher itself loads no BLAS.
 
-Thread counts are set to the *capacity*, not to 1 or to a fair share. The
-capacity is the most one process can ever be granted, so it is the right size
-for the runtime pools: a task running alone can grow to the whole budget, and
-numba, whose pool can never grow past NUMBA_NUM_THREADS, is not capped below
-it. A smaller start value would cap tasks for good; a larger one (the runtimes'
-own default, the core count) would let a pool the hooks do not reach run more
-threads than the budget. The hooks then lower each pool to its task's budget
-at run time.
+Thread counts are set only where the budget is below the machine's
+cores (``-n`` smaller than the CPUs, a taskset or cgroup quota): there they
+keep pools the hooks do not reach, and runtimes that ignore the affinity
+mask, within the budget. Where the budget is the whole machine they are
+left unset: every runtime's own default is then at most the budget, and
+engines that set these variables in their workers only where they are unset
+(Dask's nanny ``pre-spawn-environ``, joblib/loky's ``cpus // n_jobs``, Ray's
+``OMP_NUM_THREADS``) keep their own limits, which composepar then treats as
+the program's ceilings (_threadpools). Exporting the capacity there made
+each Dask worker's tasks run 2 BLAS threads where plain python runs 1.
 
 Wait policies make idle runtime threads sleep soon instead of spinning for
 a while (200 ms by default for Intel's OpenMP): a spinning thread burns a core
@@ -48,11 +50,15 @@ WAIT_POLICY_VARIABLES = {
 }
 
 
-def set_thread_environment(capacity, environ=None):
+def set_thread_environment(threads, environ=None, machine_cpus=None):
     """Sets the variables above in `environ` (default os.environ) where they
-    are unset or empty. Returns {name: value} of those it set."""
+    are unset or empty: the thread counts to `threads` (the most one process
+    of the budget may run) only if that is below `machine_cpus` (default
+    os.cpu_count(), what runtimes assume), the wait policies always.
+    Returns {name: value} of those it set."""
     environ = os.environ if environ is None else environ
-    wanted = dict.fromkeys(THREAD_COUNT_VARIABLES, str(capacity))
+    machine_cpus = (os.cpu_count() or 1) if machine_cpus is None else machine_cpus
+    wanted = dict.fromkeys(THREAD_COUNT_VARIABLES, str(threads)) if threads < machine_cpus else {}
     wanted.update(WAIT_POLICY_VARIABLES)
     set_now = {}
     for name, value in wanted.items():

@@ -14,6 +14,9 @@
     itself), patched when that module is imported
         -> as the stdlib executors
 
+    numba's _launch_threads (its threading layer starting)
+        -> the pool gets the launching thread's budget at once
+
 Pools that libraries create through these classes (joblib's threading
 backend, Dask's threaded and multiprocessing schedulers) are covered too.
 Under ``--static`` no lease is taken: each task of a pool of P workers gets
@@ -30,7 +33,7 @@ import functools
 import os
 import sys
 
-from . import _config, _demand, _task
+from . import _config, _demand, _task, _threadpools
 from ._task import Task, idle
 
 __all__ = ["install", "installed", "wrap_task", "submit_to_pool", "submit_map_to_pool", "submit_to_executor",
@@ -236,6 +239,7 @@ _PATCHES = {
     "concurrent.futures.process": _patch_executor,
     "joblib.externals.loky.process_executor": functools.partial(_patch_executor, waits=False),
     "loky.process_executor": functools.partial(_patch_executor, waits=False),
+    "numba.np.ufunc.parallel": _threadpools.watch_numba_launch,
 }
 _patched_modules = set()  # names in _PATCHES whose patch has run
 

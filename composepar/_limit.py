@@ -4,7 +4,6 @@ import functools
 import threading
 
 from . import _config, _task
-from ._threadpools import native_pools
 
 __all__ = ["limit"]
 
@@ -32,8 +31,8 @@ class limit:
         if n is not None:
             _config.check_positive_int(n, "n")
         self.n = n  # the cap, or None for the fair share
-        # Per thread: one (opened scope or None, saved settings) per active
-        # entry, innermost last (one instance may be entered by several threads).
+        # Per thread: the scope each active entry opened (or None), innermost
+        # last (one instance may be entered by several threads).
         self._local = threading.local()
 
     def _frames(self):
@@ -45,7 +44,6 @@ class limit:
     def __enter__(self):
         caps = _task.thread_caps()
         scope = _task.current_scope()
-        saved = native_pools.snapshot() if scope is None else None
         if self.n is not None:
             caps.append(min(self.n, caps[-1]) if caps else self.n)
         opened = None
@@ -61,17 +59,16 @@ class limit:
             if self.n is not None and caps:
                 caps.pop()
             raise
-        self._frames().append((opened, saved))
+        self._frames().append(opened)
         return self
 
     def __exit__(self, *exc_info):
-        opened, saved = self._frames().pop()
+        opened = self._frames().pop()
         caps = _task.thread_caps()
         if self.n is not None and caps:
             caps.pop()
         if opened is not None:
-            opened.__exit__(*exc_info)
-            native_pools.restore(saved)
+            opened.__exit__(*exc_info)  # puts the pools back to the program's values
             return
         scope = _task.current_scope()
         if scope is not None:

@@ -17,10 +17,15 @@ A thread that submits to a pool gives its tokens back at the submit
 would start while its submitter, not yet waiting, still held the machine.
 
 The refresher changes only per-process pools (OpenBLAS with pthreads,
-BLIS, torch, TBB), which any thread may set and OpenBLAS reads at every
-call. It stays off while a per-thread pool (OpenMP, MKL) is loaded: those
+BLIS, MKL, TBB), which any thread may set and OpenBLAS reads at every
+call. It stays off while a per-thread pool (OpenMP, numba) is loaded: those
 can only be set from their own thread, so a budget that shrank mid-task
 could not be enforced there; they follow the budget at each task start.
+
+A task's pools are set to ``min(budget, the program's own value)`` and put
+back when it ends (per-thread ones when the thread's scope closes,
+per-process ones when the last scope of the process closes): a limit the
+program sets itself is a ceiling composepar never undoes (_threadpools).
 """
 
 import atexit
@@ -30,6 +35,7 @@ import warnings
 
 from . import _config, _demand
 from ._arbiter import Arbiter
+from ._cpus import process_cpus
 from ._threadpools import native_pools
 
 __all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply",
@@ -58,7 +64,6 @@ class _ProcessState:
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
         # Set at exit: the refresher returns, cutting its pause short.
         self.stopped = threading.Event()
-        self.saved = None  # per-process pool settings before the first scope started; restored after the last
 
 
 _process = _ProcessState()
@@ -88,6 +93,9 @@ def current_budget():
     """The thread budget of the calling thread now, or None outside any scope."""
     scope = _thread.scope
     return None if scope is None else scope.budget()
+
+
+native_pools.thread_budget = current_budget  # a runtime started mid-task gets the task's budget
 
 
 def current_scope():
@@ -130,6 +138,10 @@ class TaskScope:
             threads = self._lease.threads
         else:
             threads = 1
+        # The process's CPUs may have shrunk since the tokens were taken
+        # (affinity or quota changed): follow at once; the lease asks less
+        # from its next task on.
+        threads = min(threads, process_cpus())
         return threads if self.cap is None else min(threads, self.cap)
 
     def __enter__(self):
@@ -166,10 +178,15 @@ class TaskScope:
         if self._static is not None:
             return
         arbiter = get_arbiter(self._domain)
+        # Never more threads than this process may run on, whatever the
+        # budget's capacity (a taskset or cgroup quota smaller than it).
+        most = min(arbiter.capacity, process_cpus())
         if self._threads is not None:
-            self._explicit = arbiter.acquire(self._threads, min_tokens=min(self._threads, arbiter.capacity))
+            threads = min(self._threads, most)
+            self._explicit = arbiter.acquire(threads, min_tokens=threads)
         else:
-            self._lease = arbiter.lease(self._extra_wanted, pool_owner_pid=self._owner_pid)
+            extra = most - 1 if self._extra_wanted is None else min(self._extra_wanted, most - 1)
+            self._lease = arbiter.lease(extra, pool_owner_pid=self._owner_pid)
 
     def _give_tokens_back(self):
         if self._lease is not None:
@@ -182,6 +199,7 @@ class TaskScope:
     def _close(self):
         _stop_running(self)
         self._give_tokens_back()
+        native_pools.restore_thread()  # the scope's own thread: its per-thread pools get the program's values
         _apply_process_budget()
 
     def suspend(self):
@@ -230,8 +248,6 @@ def _apply_process_budget(state=None):
 def _start_running(scope):
     state = _process
     with state.lock:
-        if not state.running and state.saved is None and native_pools.has_process_pools():
-            state.saved = native_pools.snapshot(per_thread=False)  # put back when the last scope ends
         state.running[scope] = None
     if scope._lease is not None:
         wake_refresher()
@@ -241,11 +257,9 @@ def _stop_running(scope):
     state = _process
     with state.lock:
         state.running.pop(scope, None)
-        saved = state.saved if not state.running else None
-        if saved is not None:
-            state.saved = None
-    if saved is not None:
-        native_pools.restore(saved)
+        last = not state.running
+    if last and native_pools.has_process_pools():
+        native_pools.restore_process()  # no task runs: the program's own values
 
 
 def wake_refresher():

@@ -2,21 +2,51 @@
 
 BLAS and OpenMP runtimes are found and driven through threadpoolctl: one
 cached ``ThreadpoolController``, rescanned only when a shared object was
-loaded or unloaded since the last look. numba and torch are
-driven when imported, oneTBB (``global_control``) when libtbb is loaded.
+loaded or unloaded since the last look. numba is driven once its threading
+layer has started, oneTBB (``global_control``) when libtbb is loaded.
 
 Two kinds of pools::
 
-    per thread   OpenMP (libgomp, libiomp, libomp), MKL (thread-local setter),
-                 OpenBLAS built with OpenMP, numba
+    per thread   OpenMP (libgomp, libiomp, libomp: the calling thread's
+                 nthreads ICV), OpenBLAS built with OpenMP, numba
                  -> set in the thread that runs the task, to its budget
-    per process  OpenBLAS with pthreads, BLIS, FlexiBLAS, torch, TBB
+    per process  OpenBLAS with pthreads, BLIS, FlexiBLAS, MKL (threadpoolctl
+                 drives MKL's global setter), TBB
                  -> one value for all threads of the process: the smallest
                     budget of the tasks running in it, so no task's calls
                     run more threads than it was granted
 
-OpenBLAS reads its count at every call, so changing the per-process value
-while a task runs takes effect at the task's next BLAS call.
+torch needs nothing of its own: its intra-op pool is an OpenMP team (the
+libgomp its wheel bundles, found by threadpoolctl) sized by the calling
+thread's ICV.
+
+The program's own settings are ceilings (never undone)::
+
+    program value   what the pool held when composepar last found it
+                    unchanged by composepar: its value at load (from
+                    *_NUM_THREADS, so an engine's OMP_NUM_THREADS=1 counts),
+                    or the program's own last call (threadpool_limits,
+                    omp_set_num_threads, numba.set_num_threads, ...)
+    applied         what composepar set and has not put back; None while
+                    the pool holds the program's value
+
+    apply(budget):  current != applied  ->  the program changed it: it is
+                                            the new program value
+                    set min(budget, program value)
+    restore():      current == applied  ->  put the program value back
+                    (if the program changed it meanwhile, its value stays)
+
+threadpoolctl 3.8 lets one "controlling thread" set a pthreads OpenBLAS
+and ignores every other thread (OpenBLASController, "Thread pool size can
+only be set by a single thread"). composepar never takes that role: it sets
+OpenBLAS through the library's own setter, and only while no thread of the
+program holds it, under threadpoolctl's own lock, so a program thread
+cannot claim the pool between composepar's read and its write.
+
+composepar never starts a runtime the program has not started: numba's
+pool is set only once numba launched it (and then at once, from the launch,
+in the launching thread); a library's own setter never starts threads the
+library has not already started at load.
 
 Start-up cost. Importing threadpoolctl (with the dataclasses and typing it
 imports) takes ~17 ms, and ctypes ~3 ms: every launched program would pay
@@ -33,7 +63,8 @@ from ._native import _arbiter as _native
 
 __all__ = ["NativePools", "native_pools"]
 
-_PER_THREAD_APIS = {"openmp", "mkl"}
+# Pools whose threadpoolctl setter acts on the calling thread only.
+_PER_THREAD_APIS = {"openmp"}
 
 # File name prefixes of the libraries threadpoolctl's controllers look for
 # (its filename_prefixes: OpenBLAS, SciPy's OpenBLAS, BLIS, FlexiBLAS, MKL,
@@ -43,32 +74,202 @@ _POOL_LIBRARY_PREFIXES = ("libopenblas", "libscipy_openblas", "libblas", "libbli
                           "libgomp", "libiomp", "libomp")
 
 
-class _LibraryPool:
-    """One loaded library's pool and how to set it."""
+class _Setting:
+    """What composepar did to one pool, for one thread (per-thread pools) or the process."""
 
-    __slots__ = ("name", "per_thread", "_controller", "_set")
+    __slots__ = ("program", "applied")
+
+    def __init__(self):
+        self.program = None  # the program's own count: composepar's ceiling for the pool
+        self.applied = None  # what composepar set and has not put back; None: the pool holds the program's value
+
+
+class _Pool:
+    """A native pool and how to read and set it. Subclasses give get/set."""
+
+    __slots__ = ("key", "name", "per_thread")
+
+    def get(self):
+        """The pool's count now (the calling thread's, per thread), or None if not started."""
+        raise NotImplementedError
+
+    def set(self, n):
+        raise NotImplementedError
+
+    def program_holds(self):
+        """A context manager; entered, its value is True while the program holds the pool
+        (composepar must neither read nor write it then)."""
+        return _NOT_HELD
+
+    def apply(self, setting, budget):
+        """Sets the pool to min(budget, the program's value); see the module doc."""
+        with self.program_holds() as held:
+            if held:
+                return  # `applied` is kept: what the program puts back at its end is ours
+            current = self.get()
+            if current is None:
+                return
+            if setting.applied is None or current != setting.applied:
+                setting.program = current  # its load-time value, or the program's own last call
+            target = max(1, min(budget, setting.program))
+            if target != current:
+                self.set(target)
+                current = self.get()  # as the library clamped it, so that it is not taken for the program's
+            setting.applied = current
+
+    def restore(self, setting):
+        """Puts the program's value back, unless the program changed the pool since."""
+        if setting.applied is None:
+            return
+        with self.program_holds() as held:
+            if held:
+                return
+            if setting.program != setting.applied and self.get() == setting.applied:
+                self.set(setting.program)
+            setting.applied = None
+
+
+class _NotHeld:
+    def __enter__(self):
+        return False
+
+    def __exit__(self, *exc_info):
+        return None
+
+
+_NOT_HELD = _NotHeld()
+
+
+class _LibraryPool(_Pool):
+    """One loaded library that threadpoolctl controls."""
+
+    __slots__ = ("_controller", "_set", "_openblas_state")
 
     def __init__(self, controller):
         self._controller = controller  # threadpoolctl.LibController
+        self.key = (controller.internal_api, controller.filepath)
         self.name = f"{controller.internal_api} ({controller.filepath})"
         threading_layer = getattr(controller, "threading_layer", None)
-        self.per_thread = controller.internal_api in _PER_THREAD_APIS or threading_layer == "openmp"
+        self.per_thread = controller.internal_api in _PER_THREAD_APIS or (
+            controller.internal_api == "openblas" and threading_layer == "openmp")
+        # threadpoolctl >= 3.8: OpenBLAS with pthreads has a controlling
+        # thread; its set_num_threads is a no-op in every other thread, so
+        # composepar calls the library's setter itself (_real_set_num_threads)
+        # and leaves the controlling thread to the program.
+        self._openblas_state = None
         self._set = controller.set_num_threads
-        clear = getattr(type(controller), "clear_controlling_thread", None)
-        if clear is not None and not self.per_thread:
-            # threadpoolctl lets one Python thread own OpenBLAS's shared
-            # pool; we serialise the setting ourselves (NativePools.lock).
-            def set_any_thread(n, clear=clear, set_=controller.set_num_threads):
-                clear(force=True)
-                set_(n)
-
-            self._set = set_any_thread
+        if not self.per_thread and controller.internal_api == "openblas":
+            real_set = getattr(controller, "_real_set_num_threads", None)
+            if real_set is not None:
+                self._set = real_set
+                self._openblas_state = getattr(type(controller), "_SHARED_STATE", None)
 
     def get(self):
         return self._controller.get_num_threads()
 
     def set(self, n):
         self._set(n)
+
+    def program_holds(self):
+        if self._openblas_state is None:
+            return _NOT_HELD
+        return _OpenBLASControl(self._openblas_state)
+
+
+class _OpenBLASControl:
+    """threadpoolctl's OpenBLAS lock, held while composepar reads and sets the
+    pool; entered, True if a live program thread controls the pool. A thread
+    claims control only under this lock, so none can between our check and set."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state):
+        self._state = state  # threadpoolctl's OpenBLASController._SHARED_STATE
+
+    def __enter__(self):
+        self._state.lock.acquire()
+        thread = self._state.controlling_thread
+        return thread is not None and thread.is_alive()
+
+    def __exit__(self, *exc_info):
+        self._state.lock.release()
+
+
+class _NumbaPool(_Pool):
+    """numba's threading layer: numba.set_num_threads is per thread. Read and
+    set only once the layer is launched: numba's get/set would launch it,
+    and a launched OpenMP or TBB layer makes the process unsafe to fork."""
+
+    __slots__ = ("_parallel",)
+
+    def __init__(self, parallel):
+        self._parallel = parallel  # numba.np.ufunc.parallel
+        self.key = ("numba", "")
+        self.name = "numba (threading layer)"
+        self.per_thread = True
+        watch_numba_launch(parallel)
+
+    def get(self):
+        if not self._parallel._is_initialized:
+            return None
+        return self._parallel.get_num_threads()
+
+    def set(self, n):
+        self._parallel.set_num_threads(min(n, self._numba_threads()))
+
+    def _numba_threads(self):
+        return sys.modules["numba"].config.NUMBA_NUM_THREADS
+
+
+def watch_numba_launch(parallel):
+    """Patches numba's _launch_threads (its first parallel call, or a
+    numba.get/set_num_threads, starts the layer) so that the pool gets the
+    launching thread's budget at once, not from the next task. Idempotent."""
+    original = parallel._launch_threads
+    if getattr(original, "_composepar_original", None) is not None:
+        return
+
+    def launch_threads():
+        started = parallel._is_initialized
+        original()
+        if not started and parallel._is_initialized:
+            budget = native_pools.thread_budget()
+            if budget is not None:
+                native_pools.set_thread_budget(budget)
+
+    launch_threads._composepar_original = original
+    parallel._launch_threads = launch_threads
+
+
+class _TbbPool(_Pool):
+    """oneTBB's global_control(max_allowed_parallelism). TBB obeys the smallest
+    of all live controls, so a control of the program's own stays a ceiling;
+    composepar's is destroyed when no task runs (restore)."""
+
+    __slots__ = ()
+
+    def __init__(self):
+        self.key = ("tbb", "")
+        self.name = "tbb: global_control(max_allowed_parallelism)"
+        self.per_thread = False
+
+    def apply(self, setting, budget):
+        if setting.applied != budget:
+            _tbb_control.limit(budget)
+            setting.applied = budget
+
+    def restore(self, setting):
+        if setting.applied is not None:
+            _tbb_control.release()
+            setting.applied = None
+
+    def get(self):
+        return None
+
+
+class _ThreadSettings(threading.local):
+    def __init__(self):
+        self.settings = {}  # pool key -> _Setting, for this thread's per-thread pools
 
 
 class NativePools:
@@ -77,103 +278,114 @@ class NativePools:
     def __init__(self):
         self.lock = threading.RLock()  # guards the fields below and per-process settings
         self._objects_seen = -1  # loaded_objects_generation() at the last scan
-        self._libraries = []  # _LibraryPool for each BLAS/OpenMP library found
-        self._process_threads = None  # the per-process value last applied
-        self._has_tbb = False  # libtbb among the loaded objects at the last scan
-        # Whether _libraries holds a per-process / a per-thread pool (asked at
+        self._pools = []  # a _Pool for each pool found
+        self._process_settings = {}  # pool key -> _Setting, for per-process pools
+        self._thread = _ThreadSettings()
+        # Whether _pools holds a per-process / a per-thread pool (asked at
         # every task start and end: computed once per scan).
-        self._any_process_library = False
-        self._any_per_thread_library = False
+        self._any_process_pool = False
+        self._any_per_thread_pool = False
+        self._numba_seen = False  # numba's pool was in sys.modules at the last scan
+        # The calling thread's budget now, or None outside any task: set by
+        # the task scopes' module (_task), which imports this one.
+        self.thread_budget = lambda: None
 
-    def libraries(self):
+    def pools(self):
         """The pools found, rescanning only if a library was loaded since the last look."""
         generation = _native.loaded_objects_generation()
-        if generation != self._objects_seen:
+        numba_now = _numba_parallel() is not None
+        if generation != self._objects_seen or numba_now != self._numba_seen:
             with self.lock:
-                if generation != self._objects_seen:
+                if generation != self._objects_seen or numba_now != self._numba_seen:
                     names = _loaded_library_names()
-                    self._libraries = _find_pools(names)
-                    self._any_process_library = any(not library.per_thread for library in self._libraries)
-                    self._any_per_thread_library = any(library.per_thread for library in self._libraries)
-                    self._has_tbb = any("/libtbb.so" in name for name in names)
+                    pools = [_LibraryPool(c) for c in _find_controllers(names)]
+                    if any("/libtbb.so" in name for name in names):
+                        pools.append(_TbbPool())
+                    parallel = _numba_parallel()
+                    if parallel is not None:
+                        pools.append(_NumbaPool(parallel))
+                    self._pools = pools
+                    self._any_process_pool = any(not pool.per_thread for pool in pools)
+                    self._any_per_thread_pool = any(pool.per_thread for pool in pools)
+                    self._numba_seen = parallel is not None
                     self._objects_seen = generation
-                    self._process_threads = None  # new libraries: apply again
-        return self._libraries
+        return self._pools
 
     def has_process_pools(self):
-        """True if some pool here is set per process (OpenBLAS pthreads, BLIS, torch, TBB)."""
-        self.libraries()
-        return self._any_process_library or self._has_tbb or "torch" in sys.modules
+        """True if some pool here is set per process (OpenBLAS pthreads, BLIS, MKL, TBB)."""
+        self.pools()
+        return self._any_process_pool
 
     def has_per_thread_pools(self):
-        self.libraries()
-        return self._any_per_thread_library or "numba" in sys.modules
+        self.pools()
+        return self._any_per_thread_pool
 
     def set_thread_budget(self, threads):
         """Applies `threads` to the per-thread pools, in the calling thread."""
-        libraries = self.libraries()
-        if self._any_per_thread_library:
-            for library in libraries:
-                if library.per_thread:
-                    library.set(threads)
-        numba = sys.modules.get("numba")
-        if numba is not None and hasattr(numba, "set_num_threads"):
-            try:
-                numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))
-            except Exception:  # noqa: BLE001 - numba not initialised its threading layer yet
-                pass
+        pools = self.pools()
+        if not self._any_per_thread_pool:
+            return
+        settings = self._thread.settings
+        for pool in pools:
+            if pool.per_thread:
+                setting = settings.get(pool.key)
+                if setting is None:
+                    setting = settings[pool.key] = _Setting()
+                pool.apply(setting, threads)
+
+    def restore_thread(self):
+        """Puts the calling thread's per-thread pools back to the program's values."""
+        settings = self._thread.settings
+        if not settings:
+            return
+        for pool in self.pools():
+            setting = settings.get(pool.key)
+            if pool.per_thread and setting is not None:
+                pool.restore(setting)
 
     def set_process_budget(self, threads):
-        """Applies `threads` to the per-process pools (no-op if unchanged)."""
+        """Applies `threads` to the per-process pools. Each pool is read first
+        (one library call): the program may have set it since."""
         with self.lock:
-            libraries = self.libraries()
-            if threads == self._process_threads:
-                return
-            for library in libraries:
-                if not library.per_thread:
-                    library.set(threads)
-            torch = sys.modules.get("torch")
-            if torch is not None and hasattr(torch, "set_num_threads"):
-                torch.set_num_threads(threads)
-            if self._has_tbb:
-                _tbb_control.limit(threads)
-            self._process_threads = threads
+            for pool in self.pools():
+                if not pool.per_thread:
+                    setting = self._process_settings.get(pool.key)
+                    if setting is None:
+                        setting = self._process_settings[pool.key] = _Setting()
+                    pool.apply(setting, threads)
 
-    def snapshot(self, per_thread=True):
-        """The thread counts of the pools now (per-process ones only if not
-        `per_thread`; per-thread ones are the calling thread's), for restore()."""
+    def restore_process(self):
+        """Puts the per-process pools back to the program's values (no task runs)."""
         with self.lock:
-            return [(library, library.get()) for library in self.libraries() if per_thread or not library.per_thread]
-
-    def restore(self, saved):
-        """Puts the pools back as snapshot() found them."""
-        with self.lock:
-            for library, threads in saved:
-                if threads is not None:
-                    library.set(threads)
-            self._process_threads = None  # set behind our back: the next budget is applied anew
+            for pool in self.pools():
+                setting = self._process_settings.get(pool.key)
+                if not pool.per_thread and setting is not None:
+                    pool.restore(setting)
 
     def describe(self):
         """One line per pool found: for --verbose."""
-        lines = [f"{lib.name}: {'per thread' if lib.per_thread else 'per process'}, {lib.get()} threads"
-                 for lib in self.libraries()]
-        for module in ("numba", "torch"):
-            if module in sys.modules:
-                lines.append(f"{module}: loaded")
-        if self._has_tbb:
-            lines.append("tbb: global_control(max_allowed_parallelism)")
+        lines = []
+        for pool in self.pools():
+            kind = "per thread" if pool.per_thread else "per process"
+            count = pool.get()
+            lines.append(f"{pool.name}: {kind}" + (f", {count} threads" if count is not None else ""))
         return lines
 
 
-def _find_pools(library_names):
-    """A _LibraryPool per pool threadpoolctl finds, if any of the loaded
-    `library_names` may be one (see _POOL_LIBRARY_PREFIXES)."""
+def _numba_parallel():
+    """numba's threading-layer module, once numba is imported (None before)."""
+    return sys.modules.get("numba.np.ufunc.parallel")
+
+
+def _find_controllers(library_names):
+    """threadpoolctl's controllers, if any of the loaded `library_names` may
+    be one of its pools (see _POOL_LIBRARY_PREFIXES)."""
     if "threadpoolctl" not in sys.modules and not any(
             os.path.basename(name).startswith(_POOL_LIBRARY_PREFIXES) for name in library_names):
         return []
     import threadpoolctl
 
-    return [_LibraryPool(c) for c in threadpoolctl.ThreadpoolController().lib_controllers]
+    return threadpoolctl.ThreadpoolController().lib_controllers
 
 
 def _global_control_type():
@@ -201,7 +413,7 @@ class _TbbControl:
     def __init__(self):
         self.library = None  # ctypes.CDLL of the loaded libtbb, False if unusable
         self.control_type = None  # the global_control structure, made with the library
-        self.current = None  # the live control_type instance
+        self.current = None  # the live control_type instance, or None
 
     def limit(self, threads):
         if self.library is None:
@@ -215,6 +427,14 @@ class _TbbControl:
         getattr(self.library, _TBB_CREATE)(ctypes.byref(control))
         previous, self.current = self.current, control
         if previous is not None:
+            getattr(self.library, _TBB_DESTROY)(ctypes.byref(previous))
+
+    def release(self):
+        """Destroys composepar's control: TBB follows the program's own controls alone."""
+        previous, self.current = self.current, None
+        if previous is not None and self.library:
+            import ctypes
+
             getattr(self.library, _TBB_DESTROY)(ctypes.byref(previous))
 
 

@@ -12,7 +12,10 @@ import _workers
 import composepar
 from conftest import START_METHODS
 
-CAPACITY = 4  # above this machine's 2 cores: a pool of 2 must split it, a lone task gets it all
+# A pool of 2 must split it, a lone task gets it all. Never above the CPUs:
+# no task is given more threads than its process may run on.
+CAPACITY = min(4, composepar.usable_cpus())
+pytestmark = pytest.mark.skipif(CAPACITY < 2, reason="needs 2 usable CPUs to split a budget")
 SPIN = 4_000_000  # each task's kernel runs for tens of milliseconds, so tasks overlap
 
 
@@ -40,7 +43,11 @@ def test_process_pool_tasks_share_the_capacity(domain, method, library, monkeypa
         _, lone_budget, lone_team = pool.apply(_workers.native_task, (SPIN,))
     assert ledger.violation.value == 0, f"{ledger.violation.value} native threads ran at once on {CAPACITY}: {results}"
     for _, budget, team in results:
-        assert 1 <= team <= budget <= CAPACITY
+        # oneTBB: lowering global_control does not evict a worker still in
+        # the arena from the previous task (with a larger budget), so the
+        # first region after a drop may use one more thread than its budget
+        # (README, "Guarantees and limits"); the other runtimes follow at once.
+        assert 1 <= team <= (CAPACITY if kind == "tbb" else budget) and budget <= CAPACITY
     assert lone_budget == CAPACITY  # nothing else runs: the whole budget
     if kind in ("openmp", "mkl"):
         assert lone_team == CAPACITY

@@ -1,0 +1,231 @@
+"""A limit the program sets itself is a ceiling composepar never undoes, and
+composepar never starts a runtime the program has not started.
+
+The program's channels: threadpoolctl (from any thread, as a context manager
+or as a plain call), the libraries' own setters (omp_set_num_threads,
+numba.set_num_threads), and the environment a runtime loads with (what Dask's
+nanny and loky set in their workers). Thread counts are read inside parallel
+regions where the runtime lets us (OpenMP, numba), from the library otherwise.
+Programs that run OpenMP or numba regions run in a fresh interpreter: libgomp
+is not fork-safe, and the pytest process forks workers in other tests.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+from threadpoolctl import threadpool_info, threadpool_limits
+
+import composepar
+from composepar._threadpools import native_pools
+
+TIMEOUT = 120  # seconds a child program may take on a loaded machine before the test fails
+
+
+def openblas_threads():
+    counts = {info["num_threads"] for info in threadpool_info() if info["internal_api"] == "openblas"}
+    assert len(counts) == 1, counts
+    return counts.pop()
+
+
+def set_from_a_thread_that_ends(threads):
+    """The program's own plain call (no `with`), left in force. From a thread
+    that then ends: threadpoolctl makes a plain call's thread the controlling
+    thread of OpenBLAS for as long as it lives."""
+    setter = threading.Thread(target=lambda: threadpool_limits(limits=threads, user_api="blas"))
+    setter.start()
+    setter.join(TIMEOUT)
+
+
+@pytest.fixture
+def budget(domain, monkeypatch):
+    monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
+    arbiter = composepar.Arbiter(domain, capacity=2)
+    if min(arbiter.capacity, composepar.usable_cpus()) < 2:
+        pytest.skip("needs 2 usable CPUs: a budget of 1 cannot show a ceiling below it")
+    return arbiter
+
+
+def run_program(code, domain, **env):
+    """Runs `code` in a fresh python in `domain`; returns its last stdout line, parsed as JSON."""
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=domain, **env)
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # no new warnings
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_a_threadpool_limit_of_the_program_holds_inside_a_task(budget):
+    import numpy  # noqa: F401 - loads OpenBLAS
+
+    before = openblas_threads()
+    with composepar.limit() as block:
+        assert block.threads == 2 and openblas_threads() == 2
+        with threadpool_limits(limits=1, user_api="blas"):
+            native_pools.set_process_budget(2)  # what the refresher does at every tick
+            assert openblas_threads() == 1
+        assert openblas_threads() == 2  # threadpoolctl put back what it found
+    assert openblas_threads() == before
+    assert budget.stats().tokens_free == 2
+
+
+def test_a_limit_held_by_another_thread_of_the_program_is_not_taken_over(budget):
+    import numpy  # noqa: F401
+
+    entered, leave = threading.Event(), threading.Event()
+    seen = []
+
+    def program_thread():
+        with threadpool_limits(limits=1, user_api="blas"):
+            entered.set()
+            leave.wait(TIMEOUT)
+            seen.append(openblas_threads())
+
+    thread = threading.Thread(target=program_thread)
+    thread.start()
+    assert entered.wait(TIMEOUT)
+    try:
+        with composepar.limit():
+            native_pools.set_process_budget(2)
+            assert openblas_threads() == 1
+    finally:
+        leave.set()
+        thread.join(TIMEOUT)
+    assert seen == [1]
+    # threadpoolctl's controlling thread is free again: the program can set OpenBLAS from any thread
+    with threadpool_limits(limits=1, user_api="blas"):
+        assert openblas_threads() == 1
+
+
+def test_a_value_the_program_set_before_is_a_ceiling_and_stays_after(budget):
+    import numpy  # noqa: F401
+
+    before = openblas_threads()
+    set_from_a_thread_that_ends(1)
+    try:
+        assert openblas_threads() == 1
+        with composepar.limit() as block:
+            assert block.threads == 2  # the lease has 2 tokens; the program's pool runs 1
+            native_pools.set_process_budget(2)
+            assert openblas_threads() == 1
+        assert openblas_threads() == 1  # never undone
+    finally:
+        set_from_a_thread_that_ends(before)
+
+
+def test_composepar_lowers_below_the_programs_limit_and_puts_it_back(budget):
+    import numpy  # noqa: F401
+
+    before = openblas_threads()
+    budget.acquire(1)  # someone else holds half the machine
+    try:
+        with composepar.limit() as block:
+            assert block.threads == 1 and openblas_threads() == 1
+    finally:
+        budget.release(1)
+    assert openblas_threads() == before
+
+
+OMP_PROGRAM = """
+    import ctypes, json, composepar
+    omp = ctypes.CDLL({kernel!r})
+    teams = {{}}
+    omp.omp_set_num_threads(1)                      # the program's own limit
+    with composepar.limit():                       # the lease may have 2
+        teams["program_limit_1"] = omp.omp_team(ctypes.c_long(200000))
+    teams["after"] = omp.omp_budget()
+    omp.omp_set_num_threads(2)
+    with composepar.limit(1):
+        teams["composepar_1"] = omp.omp_team(ctypes.c_long(200000))
+        omp.omp_set_num_threads(3)                  # the program changes it inside the block
+    teams["changed_inside"] = omp.omp_budget()
+    print(json.dumps(teams))
+"""
+
+
+def test_omp_set_num_threads_of_the_program_is_a_ceiling(budget, omp_kernel):
+    teams = run_program(OMP_PROGRAM.format(kernel=omp_kernel), budget.domain)
+    assert teams == {"program_limit_1": 1, "after": 1, "composepar_1": 1, "changed_inside": 3}
+
+
+NUMBA_PROGRAM = """
+    import json, os, numba, numpy
+    from numba import njit, prange
+    from numba.np.ufunc import parallel
+    import composepar
+
+    @njit(parallel=True)
+    def thread_ids(n):
+        ids = numpy.empty(n, numpy.int64)
+        for i in prange(n):
+            ids[i] = numba.get_thread_id()
+        return ids
+
+    seen = {{}}
+    with composepar.limit():
+        pass
+    seen["launched_by_composepar"] = parallel._is_initialized
+    pid = os.fork()                                # fork stays safe: no pool was started
+    if pid == 0:
+        os._exit(0)
+    seen["child_status"] = os.waitpid(pid, 0)[1]
+    with composepar.limit(1):                      # the first parallel call starts the pool
+        seen["threads_in_region"] = len(set(thread_ids(4000).tolist()))
+    numba.set_num_threads(1)                       # the program's own limit
+    with composepar.limit():
+        seen["program_limit_1"] = len(set(thread_ids(4000).tolist()))
+    seen["after"] = numba.get_num_threads()
+    print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("layer", ["omp", "tbb", "workqueue"])
+def test_numba_is_never_started_by_composepar_and_its_limit_holds(budget, layer):
+    pytest.importorskip("numba")
+    seen = run_program(NUMBA_PROGRAM.format(), budget.domain, NUMBA_THREADING_LAYER=layer)
+    assert seen == {"launched_by_composepar": False, "child_status": 0, "threads_in_region": 1,
+                    "program_limit_1": 1, "after": 1}
+
+
+ENGINE_PROGRAM = """
+    import json, multiprocessing
+    from threadpoolctl import threadpool_info
+
+    def task(_):
+        import numpy
+        numpy.ones((64, 64)) @ numpy.ones((64, 64))
+        return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context("spawn").Pool(1) as pool:   # a lone task: its lease has every token
+            print(json.dumps(pool.map(task, range(2))))
+"""
+
+
+def test_a_limit_in_the_workers_environment_is_a_ceiling(budget, tmp_path):
+    """As Dask's nanny and loky do: *_NUM_THREADS=1 in the workers' environment."""
+    script = tmp_path / "engine.py"
+    script.write_text(textwrap.dedent(ENGINE_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain, OPENBLAS_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [[1], [1]]
+
+
+def test_composepars_tbb_control_is_gone_when_no_task_runs(budget, tbb_kernel):
+    seen = run_program(f"""
+        import ctypes, json, composepar
+        from composepar import _threadpools
+        tbb = ctypes.CDLL({tbb_kernel!r})
+        with composepar.limit(1):
+            inside = tbb.tbb_team(ctypes.c_long(200000))
+            held = _threadpools._tbb_control.current is not None
+        print(json.dumps([inside, held, _threadpools._tbb_control.current is None]))
+    """, budget.domain)
+    assert seen == [1, True, True]
