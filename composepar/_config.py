@@ -7,9 +7,11 @@ received.
 
 import os
 
+from . import _cpus
 from ._native import _arbiter as _native
 
-__all__ = ["resolve_domain", "resolve_capacity", "resolve_flag", "segment_path", "check_positive_int"]
+__all__ = ["resolve_domain", "default_domain", "cpu_set_domain", "resolve_capacity", "resolve_flag",
+           "segment_path", "check_positive_int"]
 
 DEFAULT_DOMAIN = "default"
 SHM_DIRECTORY = "/dev/shm"
@@ -43,13 +45,44 @@ def check_domain(domain, source="domain"):
 
 
 def resolve_domain(domain=None):
-    """The domain to use: the argument, else $COMPOSEPAR_DOMAIN, else "default"."""
+    """The domain to use: the argument, else $COMPOSEPAR_DOMAIN, else default_domain()."""
     if domain is not None:
         return check_domain(domain)
     from_env = os.environ.get("COMPOSEPAR_DOMAIN")
     if from_env:
         return check_domain(from_env, "COMPOSEPAR_DOMAIN")
-    return DEFAULT_DOMAIN
+    return default_domain()
+
+
+_CPU_SET_PREFIX = "cpus-"
+_cpu_set_domains = {}  # affinity mask -> its domain: resolve_domain() runs at every task start
+
+
+def default_domain():
+    """The domain of a process that names none: "default" if its affinity mask
+    covers every online CPU, else one per CPU set (cpu_set_domain), so that
+    jobs confined to different CPUs (taskset, cpusets, a batch scheduler's
+    binding) do not share one budget."""
+    cpus = _cpus.affinity_cpus()
+    domain = _cpu_set_domains.get(cpus)
+    if domain is None:
+        domain = _cpu_set_domains[cpus] = cpu_set_domain(cpus, _cpus.online_cpus())
+    return domain
+
+
+def cpu_set_domain(cpus, online):
+    """ "default" when `cpus` include every CPU of `online`; else "cpus-" and the
+    list with "." for ",", e.g. "cpus-0-3.8" for 0-3,8, or, past 64 characters,
+    "cpus-" and the count and a hash of the list."""
+    if set(online) <= set(cpus):
+        return DEFAULT_DOMAIN
+    listed = _cpus.format_cpu_list(cpus)
+    domain = _CPU_SET_PREFIX + listed.replace(",", ".")
+    if len(domain) > _DOMAIN_MAX_LENGTH:
+        import hashlib
+
+        domain = f"{_CPU_SET_PREFIX}{len(cpus)}-{hashlib.sha256(listed.encode()).hexdigest()[:16]}"
+    return domain
 
 
 def check_positive_int(value, name, maximum=None):

@@ -4,12 +4,85 @@ The affinity mask (taskset, cpusets, Slurm) capped by the CPU quota of the
 process's cgroup (Docker --cpus, Kubernetes limits): cgroup v2 ``cpu.max``
 or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, the tightest limit on the
 path from the process's cgroup to the root, rounded up.
+
+``process_cpus()`` is the same count for calls on hot paths (every lease):
+read again when the value it keeps is older than ``MAX_AGE`` seconds, so a
+process whose affinity or quota changes is followed within that time.
+``affinity_cpus()`` and ``format_cpu_list()`` name the CPU set itself
+("0-3,8"), which keys the default domain (see _config.resolve_domain).
 """
 
 import math
 import os
+import time
 
-__all__ = ["usable_cpus", "cgroup_cpu_limit"]
+__all__ = ["usable_cpus", "cgroup_cpu_limit", "process_cpus", "affinity_cpus", "online_cpus", "format_cpu_list"]
+
+MAX_AGE = 1.0  # seconds process_cpus() keeps a value before reading the affinity and quota again
+_ONLINE_PATH = "/sys/devices/system/cpu/online"
+
+# (monotonic time of the read, usable CPUs, affinity mask as a sorted tuple);
+# a fork child inherits it with the affinity, which fork keeps.
+_cached = (-math.inf, 1, ())
+
+
+def process_cpus(max_age=MAX_AGE):
+    """usable_cpus(), read again when the kept value is older than `max_age` seconds (0: now)."""
+    if time.monotonic() - _cached[0] > max_age:
+        _refresh()
+    return _cached[1]
+
+
+def affinity_cpus(max_age=MAX_AGE):
+    """The CPUs of this process's affinity mask, a sorted tuple (kept as process_cpus() keeps its count)."""
+    if time.monotonic() - _cached[0] > max_age:
+        _refresh()
+    return _cached[2]
+
+
+def _refresh():
+    global _cached
+    now = time.monotonic()
+    _cached = (now, usable_cpus(), _affinity())
+    return _cached
+
+
+def _affinity():
+    try:
+        return tuple(sorted(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return tuple(range(os.cpu_count() or 1))
+
+
+def online_cpus(path=_ONLINE_PATH):
+    """The CPUs the kernel has online (/sys/devices/system/cpu/online), a sorted tuple."""
+    try:
+        with open(path) as f:
+            return parse_cpu_list(f.read())
+    except (OSError, ValueError):
+        return tuple(range(os.cpu_count() or 1))
+
+
+def parse_cpu_list(text):
+    """"0-3,8\n" -> (0, 1, 2, 3, 8): the kernel's list format, as in cpuset.cpus."""
+    cpus = set()
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return tuple(sorted(cpus))
+
+
+def format_cpu_list(cpus):
+    """(0, 1, 2, 3, 8) -> "0-3,8": the kernel's list format (taskset -c, cpuset.cpus)."""
+    ranges = []
+    for cpu in sorted(cpus):
+        if ranges and cpu == ranges[-1][1] + 1:
+            ranges[-1][1] = cpu
+        else:
+            ranges.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in ranges)
 
 
 def usable_cpus(proc_root="/proc", cgroup_root="/sys/fs/cgroup"):
