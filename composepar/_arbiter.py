@@ -61,7 +61,7 @@ import sys
 import threading
 
 from . import _config
-from ._cpus import usable_cpus
+from ._cpus import process_cpus
 from ._errors import CapacityMismatchError, SegmentRetiredError, WouldBlock
 from ._native import _arbiter as _native
 
@@ -99,7 +99,8 @@ def _native_handle(path, capacity):
     with _handles_lock:
         handle = _handles.get(path)
         if handle is None:
-            handle = _native.Arbiter(path, capacity or 0, usable_cpus(), _command_label())
+            # A new segment gets the CPUs this process may use, read afresh at every attach.
+            handle = _native.Arbiter(path, capacity or 0, process_cpus(max_age=0), _command_label())
             _handles[path] = handle
             return handle
     if capacity is not None and capacity != handle.capacity:
@@ -117,6 +118,22 @@ def _forget_handle(path):
         handle.detach()
 
 
+_remove_when_unused = set()  # segment paths to remove at exit if no other live process uses them
+
+
+def remove_at_exit_if_unused(path):
+    """At this process's exit, after detaching, removes the segment at `path`
+    if no live process uses it then (the launcher asks this for its domain).
+
+    Hygiene only: a process that skips it (SIGKILL, os._exit) leaves the
+    segment, which the next launch re-creates or joins. Safe against a
+    process attaching at that moment: the test and the unlink happen under
+    the segment's mutex, and an attacher that opened the old file finds it
+    retired when it takes its slot, and attaches again.
+    """
+    _remove_when_unused.add(path)
+
+
 @atexit.register
 def _detach_all():
     # Hygiene only: a process that skips this (SIGKILL) is reaped by others.
@@ -125,6 +142,8 @@ def _detach_all():
     for handle in handles:
         try:
             handle.detach()
+            if handle.path in _remove_when_unused:
+                handle.retire_and_unlink()
         except Exception:  # noqa: BLE001 - the interpreter is going away; others will reap the slot
             pass
 
@@ -144,7 +163,12 @@ class Arbiter:
         Tokens in the budget. Default ``$COMPOSEPAR_CAPACITY`` or the CPUs
         this process may use (affinity and cgroup quota). Asking for a
         capacity that differs from the existing segment's raises
-        ``CapacityMismatchError``; leaving it out attaches to any.
+        ``CapacityMismatchError``; leaving it out attaches to any. (The
+        launcher instead re-creates a segment no live process uses; see
+        ``_segments.open_budget``.)
+
+    Whatever the capacity, a lease of this process never asks for more
+    threads than the CPUs the process may use (``process_cpus()``).
     """
 
     __slots__ = ("_domain", "_handle", "_capacity")
@@ -153,6 +177,16 @@ class Arbiter:
         self._domain = _config.resolve_domain(domain)
         self._handle = _native_handle(_config.segment_path(self._domain), _config.resolve_capacity(capacity))
         self._capacity = self._handle.capacity  # fixed for the segment's life
+
+    @classmethod
+    def _as_is(cls, domain=None):
+        """(internal) The domain's Arbiter with its segment's capacity, whatever
+        $COMPOSEPAR_CAPACITY says: for `status`, which only looks."""
+        self = cls.__new__(cls)
+        self._domain = _config.resolve_domain(domain)
+        self._handle = _native_handle(_config.segment_path(self._domain), None)
+        self._capacity = self._handle.capacity
+        return self
 
     def _reattach(self):
         """`cleanup` removed the segment after we attached (we held nothing): use the new one."""
@@ -251,12 +285,17 @@ class Arbiter:
         """Opens a lease for the calling thread; never blocks.
 
         ``extra_wanted``: extra tokens to ask for beyond the thread's own
-        (default: capacity - 1, i.e. as many as the policy gives).
+        (default: as many as the policy gives). Either way the lease never
+        asks for more threads than this process may run on: the ask is
+        capped at ``process_cpus() - 1`` (affinity mask and cgroup quota,
+        read again when older than 1 s), so a process bound to fewer CPUs
+        than the budget's capacity gets no more threads than its CPUs.
         ``pool_owner_pid``: for a pool's task, the pid of the process that
         submitted it (see ``set_pool_demand``); 0 for none.
         """
-        if extra_wanted is None:
-            extra_wanted = self._capacity - 1
+        most = min(self._capacity, process_cpus()) - 1
+        if extra_wanted is None or (type(extra_wanted) is int and extra_wanted > most):
+            extra_wanted = most
         elif type(extra_wanted) is not int or extra_wanted < 0:
             raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
         try:

@@ -19,7 +19,7 @@ import sys
 
 from . import _config
 from ._arbiter import Arbiter
-from ._cpus import usable_cpus
+from ._cpus import process_cpus
 from ._errors import ArbiterError
 from ._launcher import Program, launch
 from ._native import _arbiter as _native
@@ -135,9 +135,11 @@ def _build_launcher_parser():
                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("-n", "--threads", type=_threads, metavar="N",
                         help="capacity: busy threads for the whole domain (default $COMPOSEPAR_CAPACITY, "
-                             "else the usable CPUs; an existing budget keeps its own)")
+                             "else the CPUs this process may use); a budget other live processes use keeps its "
+                             "own, an unused one is re-created with N")
     parser.add_argument("--domain", metavar="D",
-                        help="which budget to share (default $COMPOSEPAR_DOMAIN or 'default')")
+                        help="which budget to share (default $COMPOSEPAR_DOMAIN, else 'default' for a process "
+                             "that may use every CPU, or one budget per CPU set, e.g. 'cpus-0-3')")
     parser.add_argument("--static", action="store_true",
                         help="split the capacity evenly over each pool's workers instead of a lease per task")
     parser.add_argument("--no-env", action="store_true",
@@ -216,15 +218,18 @@ def _launch(argv):
                   verbose=args.verbose)
 
 
+_DOMAIN_HELP = "which budget (default $COMPOSEPAR_DOMAIN, else this process's: 'default' or its CPU set's)"
+
+
 def _build_parser():
     parser = _parser_class()(prog="python -m composepar", description="Composable threading for nested parallelism.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     status = commands.add_parser("status", help="show the budget: capacity, free tokens, attached processes")
-    status.add_argument("--domain", help="which budget (default $COMPOSEPAR_DOMAIN or 'default')")
+    status.add_argument("--domain", help=_DOMAIN_HELP)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     cleanup = commands.add_parser("cleanup", help="remove a segment that no live process uses")
-    cleanup.add_argument("--domain", help="which budget (default $COMPOSEPAR_DOMAIN or 'default')")
+    cleanup.add_argument("--domain", help=_DOMAIN_HELP)
     cleanup.add_argument(
         "--force", action="store_true", help="also remove a segment that cannot be attached (corrupt, other release)"
     )
@@ -241,10 +246,11 @@ def _status(args):
         if args.json:
             print(json.dumps({"domain": domain, "path": _config.segment_path(domain), "exists": False}))
         else:
-            print(f"composepar: no arbiter yet for domain {domain!r} ({_config.segment_path(domain)}); "
-                  f"the first process to attach creates it with capacity {usable_cpus()}")
+            print(f"composepar: no arbiter yet for domain {domain!r} ({_config.segment_path(domain)}); the first "
+                  f"program launched in it creates it with its -n or COMPOSEPAR_CAPACITY, else the CPUs it may "
+                  f"use ({process_cpus()} here)")
         return 0
-    stats = Arbiter(domain).stats()
+    stats = Arbiter._as_is(domain).stats()  # COMPOSEPAR_CAPACITY is for creating a budget, not for looking
     if args.json:
         print(json.dumps({
             "domain": stats.domain, "path": stats.path, "exists": True, "capacity": stats.capacity,
