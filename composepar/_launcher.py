@@ -5,9 +5,12 @@
     _cli: options, Program(kind, target, args)
       |
     launch()  1  check the options and the COMPOSEPAR_* variables; open the script
-              2  attach the arbiter of the domain (creating it if absent)
+              2  attach the budget of the domain (_segments.open_budget: created,
+                 joined, or re-created if unused with another capacity) and take
+                 a slot in it; at exit, remove it if no live process uses it
               3  export COMPOSEPAR_DOMAIN, _CAPACITY, _LAUNCHED (and _STATIC)
-              4  set *_NUM_THREADS and the wait policies (_environment)
+              4  set *_NUM_THREADS (to min(capacity, process_cpus())) and the
+                 wait policies (_environment)
               5  install the hooks, open the main thread's lease
               6  run the program in a fresh __main__, as python would
       |
@@ -39,7 +42,9 @@ Step 6 does what CPython's own main does, so that the program cannot tell:
 
 Tracebacks are cut at ``_run_program``: the frames of ``python -m composepar``
 are not shown, so they read as under plain python (``-m`` keeps its two runpy
-frames, as python shows them).
+frames, as python shows them); composepar's frames in the middle (a patched
+pool method between the program's call and the stdlib's frames) are dropped
+too, for the exception and those chained to it.
 """
 
 import builtins
@@ -52,9 +57,8 @@ import runpy
 import sys
 import types
 
-from . import _config, _environment, _hooks, _task
-from ._arbiter import Arbiter
-from ._errors import ArbiterError, CapacityMismatchError
+from . import _arbiter, _config, _environment, _hooks, _segments, _task
+from ._cpus import affinity_cpus, cgroup_cpu_limit, format_cpu_list, process_cpus
 
 __all__ = ["Program", "launch"]
 
@@ -98,26 +102,30 @@ def launch(program, *, threads=None, domain=None, static=False, no_env=False, ve
     if isinstance(prepared, int):
         return prepared
 
+    cpus = process_cpus(max_age=0)
     try:
-        capacity = Arbiter(domain, capacity_asked).capacity
-    except CapacityMismatchError:
-        source = "-n/--threads" if threads is not None else "COMPOSEPAR_CAPACITY"
-        print(f"composepar: error: the budget of domain {domain!r} ({_config.segment_path(domain)}) has capacity "
-              f"{Arbiter(domain).capacity}, not the {capacity_asked} asked for with {source}; drop {source} to "
-              f"share it as it is, or choose another domain with --domain", file=sys.stderr)
-        return 1
-    except (ArbiterError, OSError) as error:
+        budget = _segments.open_budget(domain, capacity_asked or cpus)
+    except (RuntimeError, OSError) as error:  # ArbiterError, or every slot taken: the message says what to do
         print(f"composepar: error: cannot attach to the budget of domain {domain!r}: {error}", file=sys.stderr)
         return 1
+    capacity = budget.capacity
+    _arbiter.remove_at_exit_if_unused(_config.segment_path(domain))
+    source = "-n/--threads" if threads is not None else "COMPOSEPAR_CAPACITY"
+    if budget.users and capacity_asked is not None:
+        print(f"composepar: {_joined(domain, capacity, budget.users)}, not the {capacity_asked} asked for with "
+              f"{source}; to get {capacity_asked}, run when they are done or choose another --domain",
+              file=sys.stderr)
 
     os.environ["COMPOSEPAR_DOMAIN"] = domain
-    os.environ["COMPOSEPAR_CAPACITY"] = str(capacity)
+    os.environ["COMPOSEPAR_CAPACITY"] = str(capacity)  # the segment's: descendants never meet a mismatch
     os.environ["COMPOSEPAR_LAUNCHED"] = "1"
     if static:
         os.environ["COMPOSEPAR_STATIC"] = "1"
-    environment_set = {} if no_env else _environment.set_thread_environment(capacity)
+    threads_here = min(capacity, cpus)  # never more threads than this process's CPUs
+    environment_set = {} if no_env else _environment.set_thread_environment(threads_here)
     if verbose:
         _report_start(domain, capacity, static, no_env, environment_set)
+        _report_budget(domain, budget, capacity_asked, source, cpus)
 
     _hooks.install(static=static)
     _task.enter_main_thread()
@@ -244,29 +252,83 @@ def _set_path0(entry, required=False):
 
 
 def _cut_tracebacks():
-    """Makes sys.excepthook, as it is now, show only the program's frames."""
+    """Makes sys.excepthook, as it is now, show only the program's frames, for
+    the exception and every exception chained to it (cause and context)."""
     hook = sys.excepthook
 
     def excepthook(exc_type, value, traceback):
         traceback = _program_frames(traceback)
         if isinstance(value, BaseException):
             value.__traceback__ = traceback  # 3.12+ print the exception's own traceback
+            _cut_chained(value)
         hook(exc_type, value, traceback)
 
     sys.excepthook = excepthook
 
 
+def _cut_chained(error):
+    seen = {id(error)}
+    pending = [error.__cause__, error.__context__]
+    while pending:
+        chained = pending.pop()
+        if chained is None or id(chained) in seen:
+            continue
+        seen.add(id(chained))
+        chained.__traceback__ = _program_frames(chained.__traceback__)
+        if (type(chained).__module__, type(chained).__name__) in _REMOTE_TRACEBACKS and isinstance(
+                getattr(chained, "tb", None), str):
+            chained.tb = _without_package_frames(chained.tb)
+        pending += [chained.__cause__, chained.__context__]
+
+
+# The stdlib's carriers of a worker's formatted traceback (the cause of an
+# exception a pool re-raises): their text holds the worker's frames.
+_REMOTE_TRACEBACKS = {("multiprocessing.pool", "RemoteTraceback"),
+                      ("concurrent.futures.process", "_RemoteTraceback")}
+
+
+def _without_package_frames(text):
+    """A formatted traceback without composepar's frames: each '  File "..."'
+    line under the package and the indented source and caret lines after it."""
+    lines = text.splitlines(keepends=True)
+    kept, skipping = [], False
+    for line in lines:
+        if line.startswith('  File "'):
+            skipping = line[len('  File "'):].startswith(_PACKAGE_DIRECTORY)
+        elif not line.startswith("    "):
+            skipping = False
+        if not skipping:
+            kept.append(line)
+    return "".join(kept)
+
+
+_PACKAGE_DIRECTORY = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
 def _program_frames(traceback):
-    """The part of `traceback` below _run_program and this module's helpers."""
+    """`traceback` as python would show it for the program: the part below
+    _run_program (and this module's helpers under it), without composepar's
+    frames in the middle (its pool hooks and task wrappers between the
+    program's call and the stdlib's frames). A new chain: the frames are
+    shared, the traceback objects the caller holds are left as they were."""
     entry = traceback
     while entry is not None and entry.tb_frame.f_code is not _run_program.__code__:
         entry = entry.tb_next
-    if entry is None:
-        return traceback  # not raised by the program: leave it whole
-    entry = entry.tb_next
-    while entry is not None and entry.tb_frame.f_code.co_filename == _run_program.__code__.co_filename:
+    if entry is not None:  # raised through the program: start below the launcher
         entry = entry.tb_next
-    return entry
+        while entry is not None and entry.tb_frame.f_code.co_filename == _run_program.__code__.co_filename:
+            entry = entry.tb_next
+    else:
+        entry = traceback
+    kept = []
+    while entry is not None:
+        if not entry.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIRECTORY):
+            kept.append(entry)
+        entry = entry.tb_next
+    cut = None
+    for entry in reversed(kept):
+        cut = types.TracebackType(cut, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return cut
 
 
 def _report_start(domain, capacity, static, no_env, environment_set):
@@ -278,12 +340,45 @@ def _report_start(domain, capacity, static, no_env, environment_set):
     else:
         names = list(_environment.THREAD_COUNT_VARIABLES) + list(_environment.WAIT_POLICY_VARIABLES)
         set_text = " ".join(f"{name}={environment_set[name]}" for name in names if name in environment_set)
-        kept = " ".join(f"{name}={os.environ[name]}" for name in names if name not in environment_set)
-        print(f"composepar: set {set_text or 'nothing'}" + (f"; kept the user's {kept}" if kept else ""),
-              file=sys.stderr)
+        kept = " ".join(f"{name}={os.environ[name]}" for name in names
+                        if name not in environment_set and os.environ.get(name))
+        unset = " ".join(name for name in names if name not in environment_set and not os.environ.get(name))
+        print(f"composepar: set {set_text or 'nothing'}" + (f"; kept the user's {kept}" if kept else "")
+              + (f"; left unset {unset}" if unset else ""), file=sys.stderr)
     import atexit
 
     atexit.register(_report_pools)  # registered before the program's handlers: runs after them
+
+
+def _joined(domain, capacity, users):
+    pids = ", ".join(str(pid) for pid in users[:5]) + (" ..." if len(users) > 5 else "")
+    return (f"joined the budget of domain {domain!r} with its capacity {capacity}: {len(users)} live "
+            f"process{'es' if len(users) > 1 else ''} use{'' if len(users) > 1 else 's'} it (pid {pids})")
+
+
+def _report_budget(domain, budget, capacity_asked, source, cpus):
+    """-v: how the budget was decided, and why, when it is not simply this process's CPUs."""
+    if budget.replaced is not None:
+        print(f"composepar: re-created the unused budget of domain {domain!r} (capacity {budget.replaced}) with "
+              f"capacity {budget.capacity}, " + (f"as asked with {source}" if capacity_asked is not None
+                                                 else "the CPUs this process may use"), file=sys.stderr)
+    if budget.users:
+        wanted = f"the {capacity_asked} asked for with {source}" if capacity_asked else f"this process's {cpus} CPUs"
+        print(f"composepar: {_joined(domain, budget.capacity, budget.users)}; a used budget keeps its capacity, "
+              f"not {wanted}", file=sys.stderr)
+    if budget.capacity == cpus:
+        return
+    quota = cgroup_cpu_limit()
+    where = f"affinity {format_cpu_list(affinity_cpus())}" + (f", cgroup quota {quota:g}" if quota else "")
+    why = (f"asked with {source}" if budget.capacity == capacity_asked
+           else "the budget is in use" if budget.users else "the domain's budget")
+    if budget.capacity > cpus:
+        decision = (f"{why}; this process's leases and thread variables are capped at its {cpus} CPUs (never more "
+                    f"threads than CPUs), the budget's other processes share the rest")
+    else:
+        decision = f"{why}; its processes together get at most {budget.capacity} busy threads"
+    print(f"composepar: the budget has capacity {budget.capacity} and this process may use {cpus} CPUs "
+          f"({where}): {decision}", file=sys.stderr)
 
 
 def _report_pools():
