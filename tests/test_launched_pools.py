@@ -57,16 +57,69 @@ def test_other_libraries_under_the_launcher(domain, request, kind):
     check(run_launched(domain, kind, path, "pool", "forkserver"))
 
 
+LIBRARY_POOLS = r"""
+# An unchanged program: pools that libraries create. Prints one JSON line:
+# each task's thread budget as composepar set it (None: the task ran outside
+# any lease), and how many tasks were seen running at once.
+import json, os, sys, time
+
+
+def task(directory, index):
+    # Each task marks itself running in `directory` and waits until two tasks
+    # have been seen running at once, so the overlap is a state reached, not a
+    # hope about timing (the first task of a worker keeps it busy, so the
+    # other worker must take the next one). Loky's workers are processes, so
+    # the meeting point is a folder, for threads and processes alike.
+    from composepar import _task  # reading the budget only: the program itself never imports composepar
+
+    mine = os.path.join(directory, f"running-{os.getpid()}-{index}")
+    open(mine, "w").close()
+    met = os.path.join(directory, "met")
+    seen, deadline = 1, time.monotonic() + 120
+    while not os.path.exists(met) and time.monotonic() < deadline:
+        seen = sum(name.startswith("running-") for name in os.listdir(directory))
+        if seen >= 2:
+            open(met, "w").close()
+        else:
+            time.sleep(0.001)
+    budget = _task.current_budget()
+    os.unlink(mine)
+    return budget, os.getpid(), seen
+
+
+if __name__ == "__main__":
+    library, directory = sys.argv[1:3]
+    calls = [(directory, i) for i in range(8)]
+    if library == "dask-threads":
+        import dask
+
+        results = dask.compute(*[dask.delayed(task)(*call) for call in calls], scheduler="threads", num_workers=2)
+    else:
+        import joblib
+
+        backend = "threading" if library == "joblib-threads" else "loky"
+        results = joblib.Parallel(n_jobs=2, backend=backend)(joblib.delayed(task)(*call) for call in calls)
+    print(json.dumps({"budgets": [budget for budget, _, _ in results],
+                      "pids": sorted({pid for _, pid, _ in results}),
+                      "most_at_once": max(seen for _, _, seen in results),
+                      "met": os.path.exists(os.path.join(directory, "met"))}))
+"""
+
+
 @pytest.mark.parametrize("library", ["joblib-threads", "joblib-loky", "dask-threads"])
-def test_pools_that_libraries_create(domain, library):
+def test_pools_that_libraries_create(domain, tmp_path, library):
     pytest.importorskip(library.split("-")[0], reason="installed by the test extras")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
-    script = os.path.join(os.path.dirname(__file__), "scripts", "library_pools.py")
+    script, meeting = tmp_path / "library_pools.py", tmp_path / "meeting"
+    script.write_text(LIBRARY_POOLS)
+    meeting.mkdir()
     result = subprocess.run([sys.executable, "-m", "composepar", "-n", str(CAPACITY), "--domain", domain,
-                             script, library], capture_output=True, text=True, timeout=300, env=env)
+                             str(script), library, str(meeting)], capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["most_at_once"] == 2
+    assert report["met"] and report["most_at_once"] == 2, report  # two tasks ran at once, never more
+    if library == "joblib-loky":
+        assert len(report["pids"]) == 2, report  # in two worker processes
     # Every task ran inside a lease; two at once share the capacity.
     assert all(budget is not None and 1 <= budget <= CAPACITY for budget in report["budgets"]), report
     assert sum(sorted(report["budgets"])[:2]) <= CAPACITY
