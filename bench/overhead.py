@@ -159,8 +159,11 @@ def main(argv=None):
     parser.add_argument("--tasks", type=int, default=10_000, help="items per map (default 10000)")
     parser.add_argument("--repeats", type=int, default=None, help="runs per map case (default 5, --quick 1)")
     parser.add_argument("--cores", type=int, default=os.cpu_count(), help="pool workers and capacity")
-    parser.add_argument("--json-out", default=os.path.join(HERE, "results", "overhead.json"))
+    parser.add_argument("--json-out", help="where to write the results (default bench/results/overhead.json, "
+                                           "overhead-quick.json with --quick: a smoke run never replaces a full one)")
     args = parser.parse_args(argv)
+    args.json_out = args.json_out or os.path.join(HERE, "results", "overhead-quick.json" if args.quick
+                                                  else "overhead.json")
     args.starts = args.starts or (5 if args.quick else 30)
     args.repeats = args.repeats or (1 if args.quick else 5)
     for name in ("starts", "tasks", "repeats", "cores"):

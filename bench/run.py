@@ -1,7 +1,15 @@
 """composepar against the usual ways of taming nested parallelism, on the composability workloads.
 
-    python bench/run.py [--quick] [--only NAME ...] [--cores N] [--repeats R]
-                        [--json-out PATH] [--plot PATH]
+    python bench/run.py [--quick] [--only NAME ...] [--modes M,...] [--cores N] [--repeats R]
+                        [--json-out PATH] [--plot PATH] [--md-out PATH]
+    python bench/run.py --render-only bench/results/suite.json   # tables again, no run
+
+Where the results go (unless --json-out, --plot or --md-out say otherwise; the
+tables and the chart follow --json-out): a full
+run (every workload, every mode) writes bench/results/suite.{json,md,png};
+--quick writes suite-quick.*; a run of some workloads or modes writes
+suite-partial.* (suite-quick-partial.* with --quick). Only a full run replaces
+the committed full results.
 
 Every run is a fresh process, so modes never share a pool, a loaded library or
 a budget; the modes are interleaved so the machine's drift hits them alike::
@@ -32,6 +40,12 @@ modes (the machine drifts): its median over the repeats is the one reported.
 The time is the workload's run() measured inside the child (pool start-up
 included, interpreter start-up and imports not); for `independent`, whose run()
 starts K programs, it is the wall clock of those programs, start-up included.
+
+Every workload is checked for "composepar is not slower than default beyond
+noise" (slower_than_default): composepar's median over default's median must
+not exceed 1 + noise, where noise is the larger of 3% and each of the two
+modes' median absolute deviation over its median. Tables mark a miss with
+SLOWER_MARK, and the run ends with the list of misses.
 """
 
 import argparse
@@ -51,6 +65,9 @@ MODES = ("default", "static-env", "threadpoolctl", "joblib-inner", "omp-passive"
          "composepar-static")  # the order of the tables
 EXTRA_MODES = ("joblib-inner", "omp-passive")  # only for the workloads that list them
 REFERENCE_MODE = "composepar"
+BASELINE_MODE = "default"  # composepar must not be slower than this beyond noise
+NOISE_FLOOR = 0.03  # the least relative difference that counts as slower, whatever the spread
+SLOWER_MARK = "⚠ slower than default"
 RESULT_TAG = "BENCH_RESULT "
 # Stripped from the children's environment so "default" really has nothing set.
 THREAD_VARIABLES = (
@@ -207,6 +224,28 @@ def summarize(runs):
     return summary
 
 
+def relative_spread(times):
+    """Median absolute deviation over the median: a spread one outlier in 3 runs does not inflate."""
+    middle = statistics.median(times)
+    return statistics.median(abs(t - middle) for t in times) / middle
+
+
+def slower_than_default(modes):
+    """The check "composepar is not slower than default beyond noise", or None without both medians.
+
+    Slower beyond noise: composepar's median / default's median > 1 + noise,
+    noise = max(NOISE_FLOOR, relative_spread of either mode's runs). With one
+    run per mode the spread is not measured and the floor alone applies.
+    """
+    baseline, ours = modes.get(BASELINE_MODE, {}), modes.get(REFERENCE_MODE, {})
+    if "median" not in baseline or "median" not in ours:
+        return None
+    noise = max(NOISE_FLOOR, relative_spread(baseline["times"]), relative_spread(ours["times"]))
+    ratio = ours["median"] / baseline["median"]
+    return {"ratio": ratio, "noise": noise, "slower": ratio > 1 + noise,
+            "runs": min(len(baseline["times"]), len(ours["times"]))}
+
+
 def run_workload(name, workload, params, args, domain):
     description = workload.DESCRIPTION.format(**params)
     print(f"\n[{name}] {description}", file=sys.stderr, flush=True)
@@ -243,7 +282,8 @@ def run_workload(name, workload, params, args, domain):
     best = min(finished, key=finished.get) if finished else None
     efficiency = limit["seconds"] / reference if limit["ok"] and reference else None
     return {"description": description, "params": params, "workers": params["workers"], "limit": limit,
-            "modes": modes, "best_mode": best, "composepar_efficiency": efficiency}
+            "modes": modes, "best_mode": best, "composepar_efficiency": efficiency,
+            "vs_default": slower_than_default(modes)}
 
 
 # --------------------------------------------------------------- report
@@ -262,6 +302,8 @@ def markdown_table(name, result, repeats):
             ratio = summary["ratio_to_composepar"]
             ratio_text = "n/a" if ratio is None else f"{ratio:.2f}x"
             label = f"**{mode}**" if mode == result["best_mode"] else mode
+            if mode == REFERENCE_MODE and (result.get("vs_default") or {}).get("slower"):
+                label += f" {SLOWER_MARK}"
             lines.append(f"| {label} | {summary['median']:.3f} | {summary['min']:.3f} | {summary['max']:.3f} "
                          f"| {ratio_text} | {failed} |")
         else:
@@ -279,7 +321,53 @@ def markdown_table(name, result, repeats):
     lines.append("composepar efficiency (limit / composepar median): "
                  + ("n/a" if efficiency is None else f"{efficiency:.2f}") + f". Best mode: {result['best_mode']} "
                  "(bold).")
+    lines.append(f"Against default: {vs_default_text(result.get('vs_default'))}.")
     return "\n".join(lines)
+
+
+def vs_default_text(check):
+    if check is None:
+        return "n/a (default or composepar has no passed run)"
+    verdict = SLOWER_MARK if check["slower"] else "not slower beyond noise"
+    spread = "" if check["runs"] > 1 else ", 1 run: spread not measured"
+    return f"composepar / default = {check['ratio']:.2f}x, noise {check['noise'] * 100:.0f}%{spread}: {verdict}"
+
+
+def summary_table(report):
+    """One row per workload: the check against default, misses marked."""
+    lines = ["| workload | default median (s) | composepar median (s) | composepar / default | noise | "
+             "slower than default beyond noise |", "|---|---:|---:|---:|---:|---|"]
+    for name, result in report["workloads"].items():
+        check = result.get("vs_default")
+        if check is None:
+            lines.append(f"| {name} | – | – | n/a | n/a | n/a |")
+            continue
+        modes = result["modes"]
+        lines.append(f"| {name} | {modes[BASELINE_MODE]['median']:.3f} | {modes[REFERENCE_MODE]['median']:.3f} | "
+                     f"{check['ratio']:.2f}x | {check['noise'] * 100:.0f}% | "
+                     f"{SLOWER_MARK if check['slower'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def render(report):
+    """The whole markdown report: the check against default, one table per workload, the machine."""
+    for result in report["workloads"].values():
+        if "vs_default" not in result:  # results written before the check existed
+            result["vs_default"] = slower_than_default(result["modes"])
+    parts = [f"## composepar against the peers ({'--quick, ' if report['quick'] else ''}{report['cores']} cores, "
+             f"median of {report['repeats']} interleaved runs, seconds per run of the workload)",
+             "### composepar against default",
+             f"Slower beyond noise: composepar's median / default's median > 1 + noise, noise = the larger of "
+             f"{NOISE_FLOOR * 100:.0f}% and each mode's median absolute deviation / median over its runs.",
+             summary_table(report)]
+    parts += [markdown_table(name, result, report["repeats"]) for name, result in report["workloads"].items()]
+    parts.append(machine_text(report["machine"]))
+    parts.append(f"({report['seconds']:.0f} s in all)")
+    return "\n\n".join(parts) + "\n"
+
+
+def slower_workloads(report):
+    return [name for name, result in report["workloads"].items() if (result.get("vs_default") or {}).get("slower")]
 
 
 MACHINE_PROBE = """
@@ -400,11 +488,15 @@ def parse_args(argv):
     parser.add_argument("--timeout", type=int, default=600, help="seconds before one run counts as failed (default 600)")
     parser.add_argument("--modes", metavar="MODE[,MODE...]",
                         help=f"run only these modes (default: all): {', '.join(MODES)}")
-    parser.add_argument("--json-out", default=os.path.join(HERE, "results", "suite.json"),
-                        help="where to write the results (default bench/results/suite.json)")
-    parser.add_argument("--plot", default=os.path.join(HERE, "results", "suite.png"),
-                        help="where to write the chart (default bench/results/suite.png)")
+    parser.add_argument("--json-out", help="where to write the results (default: see above)")
+    parser.add_argument("--plot", help="where to write the chart (default: see above)")
+    parser.add_argument("--md-out", help="where to write the tables (default: see above)")
+    parser.add_argument("--render-only", metavar="JSON",
+                        help="run nothing: write the tables (and the chart, with --plot) from a results file; "
+                             "the tables go next to it (.md) unless --md-out")
     args = parser.parse_args(argv)
+    if args.render_only:
+        return args
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     for name in ("cores", "repeats", "timeout"):
@@ -420,7 +512,33 @@ def parse_args(argv):
     if unknown:
         parser.error(f"--modes must name modes among {', '.join(MODES)}; got {', '.join(unknown)} instead")
     args.modes = [mode for mode in MODES if not modes or mode in modes]
+    # Only a full run may replace the committed full results.
+    partial = len(args.workloads) < len(WORKLOADS) or len(args.modes) < len(MODES)
+    stem = os.path.join(HERE, "results", "suite" + ("-quick" if args.quick else "") + ("-partial" if partial else ""))
+    if args.json_out:
+        stem = os.path.splitext(args.json_out)[0]  # the tables and the chart go beside it
+    args.json_out = args.json_out or stem + ".json"
+    args.plot = args.plot or stem + ".png"
+    args.md_out = args.md_out or stem + ".md"
     return args
+
+
+def write_text(text, path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as out:
+        out.write(text)
+    print(f"wrote {path}")
+
+
+def render_only(args):
+    with open(args.render_only) as source:
+        report = json.load(source)
+    text = render(report)
+    print(text)
+    write_text(text, args.md_out or os.path.splitext(args.render_only)[0] + ".md")
+    if args.plot and plot(report, args.plot):
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def main(argv=None):
@@ -432,6 +550,8 @@ def main(argv=None):
     from workloads import WORKLOADS
 
     args = parse_args(argv)
+    if args.render_only:
+        return render_only(args)
     domain = f"bench-{os.getpid()}"
     started = time.monotonic()
     machine = machine_info()
@@ -441,22 +561,20 @@ def main(argv=None):
         results[name] = run_workload(name, workload, workload.params(args.cores, args.quick), args, domain)
     elapsed = time.monotonic() - started
 
-    print(f"## composepar against the peers ({'--quick, ' if args.quick else ''}{args.cores} cores, "
-          f"median of {args.repeats} interleaved runs, seconds per run of the workload)\n")
-    for name, result in results.items():
-        print(markdown_table(name, result, args.repeats) + "\n")
-    print(machine_text(machine))
-    print(f"\n({elapsed:.0f} s in all)")
-
     report = {
         "unit": "seconds per run of the workload",
         "statistic": f"median of {args.repeats} interleaved runs, each in a fresh process",
         "quick": args.quick, "cores": args.cores, "repeats": args.repeats, "modes": args.modes,
         "domain": domain, "machine": machine, "workloads": results, "seconds": round(elapsed, 1),
     }
+    text = render(report)
+    print(text)
     _results.write_json(report, args.json_out)
+    write_text(text, args.md_out)
     if plot(report, args.plot):
         print(f"wrote {args.plot}")
+    slower = slower_workloads(report)
+    print("composepar slower than default beyond noise: " + (", ".join(slower) if slower else "none"))
     return 0
 
 
