@@ -372,12 +372,13 @@ def _report_budget(domain, budget, capacity_asked, source, cpus):
     where = f"affinity {format_cpu_list(affinity_cpus())}" + (f", cgroup quota {quota:g}" if quota else "")
     why = (f"asked with {source}" if budget.capacity == capacity_asked
            else "the budget is in use" if budget.users else "the domain's budget")
+    cpus_text = f"{cpus} CPU" + ("s" if cpus > 1 else "")
     if budget.capacity > cpus:
-        decision = (f"{why}; this process's leases and thread variables are capped at its {cpus} CPUs (never more "
+        decision = (f"{why}; this process's leases and thread variables are capped at its {cpus_text} (never more "
                     f"threads than CPUs), the budget's other processes share the rest")
     else:
         decision = f"{why}; its processes together get at most {budget.capacity} busy threads"
-    print(f"composepar: the budget has capacity {budget.capacity} and this process may use {cpus} CPUs "
+    print(f"composepar: the budget has capacity {budget.capacity} and this process may use {cpus_text} "
           f"({where}): {decision}", file=sys.stderr)
 
 
