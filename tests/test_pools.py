@@ -1,14 +1,14 @@
-"""Drop-in pools: the stdlib's behaviour, each task inside a lease, threads=, no hang on a killed worker."""
+"""Drop-in pools: the stdlib's behaviour, each task inside a lease, threads= (a dead worker: test_pool_breakage)."""
 
 import concurrent.futures
 import multiprocessing
-import os
 import threading
 
 import pytest
 
 import _workers
 import composepar
+from composepar._cpus import process_cpus
 from conftest import START_METHODS
 
 
@@ -60,7 +60,7 @@ def test_every_task_runs_inside_a_lease(budget, method):
         results = p.map(_workers.budget_now, range(6), chunksize=1)
         _, lone = p.apply(_workers.budget_now)
     assert all(1 <= threads <= 4 for _, threads in results)
-    assert lone == 4  # alone in the pool and on the machine: everything
+    assert lone == min(4, process_cpus())  # alone in the pool and on the machine: all it may use
 
 
 def test_thread_pool_tasks_share_the_capacity(budget):
@@ -88,30 +88,6 @@ def test_threads_request_waits_for_its_tokens(budget):
         assert [t for _, t in p.map(_workers.budget_now, range(3), threads=1)] == [1, 1, 1]
     with pytest.raises(ValueError, match="threads must be at least 1"):
         composepar.Pool(1).apply(_workers.square, (1,), threads=0)
-
-
-@pytest.mark.parametrize("method", START_METHODS)
-def test_a_killed_worker_breaks_the_pool_instead_of_hanging(budget, method):
-    with pool(method) as p:
-        killer = p.apply_async(_workers.kill_self)
-        pending = p.apply_async(_workers.sleep_then, (1, 2.0))  # the surviving worker is busy with it
-        lines = p.imap(_workers.sleep_then, [1, 2, 3])  # queued behind it
-        with pytest.raises(composepar.BrokenPoolError, match=r"was killed by SIGKILL"):
-            killer.get(60)
-        with pytest.raises(composepar.BrokenPoolError):
-            pending.get(60)
-        with pytest.raises(composepar.BrokenPoolError):
-            list(lines)
-        with pytest.raises(composepar.BrokenPoolError):
-            p.apply_async(_workers.square, (2,))
-    assert issubclass(composepar.BrokenPoolError, concurrent.futures.process.BrokenProcessPool)
-    budget.reap()
-    assert budget.stats().tokens_free == 4  # the killed worker's lease came back
-
-
-def test_a_normal_exit_of_workers_is_not_breakage(budget):
-    with pool("fork", maxtasksperchild=1) as p:
-        assert p.map(_workers.square, range(8), chunksize=1) == [x * x for x in range(8)]
 
 
 @pytest.mark.parametrize("executor", [composepar.ProcessPoolExecutor, composepar.ThreadPoolExecutor])
