@@ -166,9 +166,6 @@ class Arbiter:
         ``CapacityMismatchError``; leaving it out attaches to any. (The
         launcher instead re-creates a segment no live process uses; see
         ``_segments.open_budget``.)
-
-    Whatever the capacity, a lease of this process never asks for more
-    threads than the CPUs the process may use (``process_cpus()``).
     """
 
     __slots__ = ("_domain", "_handle", "_capacity")
@@ -285,17 +282,18 @@ class Arbiter:
         """Opens a lease for the calling thread; never blocks.
 
         ``extra_wanted``: extra tokens to ask for beyond the thread's own
-        (default: as many as the policy gives). Either way the lease never
-        asks for more threads than this process may run on: the ask is
-        capped at ``process_cpus() - 1`` (affinity mask and cgroup quota,
-        read again when older than 1 s), so a process bound to fewer CPUs
-        than the budget's capacity gets no more threads than its CPUs.
+        (default: capacity - 1, i.e. as many as the policy gives).
         ``pool_owner_pid``: for a pool's task, the pid of the process that
         submitted it (see ``set_pool_demand``); 0 for none.
+
+        A lease counts tokens of the budget. The task scopes that size native
+        pools from it (the launcher's hooks, ``limit``, the drop-in pools)
+        ask for at most ``min(capacity, process_cpus()) - 1`` extras, so no
+        task is given more threads than its process's CPUs; code that sizes
+        its own threads from ``Lease.threads`` should cap it the same way.
         """
-        most = min(self._capacity, process_cpus()) - 1
-        if extra_wanted is None or (type(extra_wanted) is int and extra_wanted > most):
-            extra_wanted = most
+        if extra_wanted is None:
+            extra_wanted = self._capacity - 1
         elif type(extra_wanted) is not int or extra_wanted < 0:
             raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
         try:
