@@ -78,6 +78,8 @@ CORPUS = {
     "torch-cpu-in-pool": Program("torch_pool.py", wheel_only_for=(TORCH,)),
     "openmp-kernel-in-pool": Program("omp_kernel_pool.py", args=("{omp_kernel}",)),
     "fork-after-blas-threads": Program("fork_after_blas.py"),
+    # Bad input: impossible limits (0, negative) get each library's own behaviour, not a composepar crash.
+    "impossible-limits": Program("bad_limits.py", args=("{omp_kernel}",)),
 }
 
 
