@@ -27,10 +27,13 @@ import collections
 import concurrent.futures
 import multiprocessing.pool
 import os
+import select
 import signal
+import struct
 import threading
 import weakref
 from multiprocessing.connection import wait
+from multiprocessing.reduction import ForkingPickler
 
 from . import _config
 from ._broken import BrokenPoolError
@@ -44,6 +47,8 @@ _STOP_GRACE_SECONDS = 5.0  # a worker still alive this long after SIGTERM (its t
 # dead worker (the pool's own threads hold it for one small write).
 _LOCK_GRACE_SECONDS = 1.0
 _DRAIN_POLL_SECONDS = 0.05  # how often terminate() checks that the task handler has left while it drains
+
+_result_readers = weakref.WeakKeyDictionary()  # a Pool's result queue -> the _ResultReader its result handler uses
 
 
 def _checked_threads(threads):
@@ -135,6 +140,8 @@ class Pool(_TaskWrapping, multiprocessing.pool.Pool):
             super().__init__(processes, initializer, initargs, maxtasksperchild, context)
         except BaseException:
             wakeup.close()
+            if getattr(self, "_outqueue", None) is not None:
+                _result_readers.pop(self._outqueue).close()
             raise
         watcher = threading.Thread(target=_watch_workers, args=(weakref.ref(self, lambda _: wakeup.set()), started,
                                                                  wakeup),
@@ -145,6 +152,10 @@ class Pool(_TaskWrapping, multiprocessing.pool.Pool):
         with self._terminating:
             super().terminate()
         self._wakeup.set()  # the watcher returns
+
+    def _setup_queues(self):
+        super()._setup_queues()
+        self._quick_get = _result_readers[self._outqueue] = _ResultReader(self._outqueue._reader)
 
     def _check_running(self):
         if self._broken is not None:
@@ -185,43 +196,41 @@ class Pool(_TaskWrapping, multiprocessing.pool.Pool):
         """What Pool.terminate() does (this is its finalizer), in an order a dead worker cannot block.
 
         The stdlib takes the task queue's read lock before it stops the
-        workers and writes the result handler's sentinel under the result
+        workers, and writes the result handler's sentinel under the result
         queue's write lock; an idle worker waits for a task holding the read
         lock, and a worker killed while it holds a lock never lets go. Here
         the workers are stopped first: from then on only this process uses
-        the queues, so a lock still held belongs to a dead worker, and the
-        pipes are drained as raw bytes (a worker killed mid-message leaves
-        no boundary to parse).
+        the queues, a lock still held belongs to a dead worker, and a message
+        a worker was writing when it died will never be complete, so the
+        result handler is stopped through its reader and the task queue is
+        drained as raw bytes.
         """
         me = threading.current_thread()
         worker_handler._state = multiprocessing.pool.TERMINATE
         task_handler._state = multiprocessing.pool.TERMINATE
+        result_handler._state = multiprocessing.pool.TERMINATE
         change_notifier.put(None)
         if me is not worker_handler:
             worker_handler.join()  # no worker starts after this
-        # As the stdlib: the result handler leaves at the next message it
-        # reads, so send that message while the workers still run (one killed
-        # mid-message could otherwise stand between the handler and it).
-        result_handler._state = multiprocessing.pool.TERMINATE
-        sentinel_sent = outqueue._wlock.acquire(timeout=_LOCK_GRACE_SECONDS)
-        if sentinel_sent:
-            try:
-                outqueue._writer.send(None)
-            finally:
-                outqueue._wlock.release()
+        # Held while the workers are stopped, the result queue's write lock
+        # keeps them from being killed in the middle of a result.
+        holding = outqueue._wlock.acquire(timeout=_LOCK_GRACE_SECONDS)
         _stop_workers(pool)
-        if not sentinel_sent:
-            _free_from_the_dead(outqueue._wlock)  # the task handler writes its own sentinel under it too
-            if result_handler.is_alive():
-                outqueue.put(None)
+        if holding:
+            outqueue._wlock.release()
+        else:
+            _free_from_the_dead(outqueue._wlock)  # the task handler writes its last message under it
+        reader = _result_readers.pop(outqueue)
+        reader.stop()  # the result handler leaves at its next read, mid-message too
         if me is not result_handler:
             result_handler.join()
         if me is not task_handler:
-            readers = [inqueue._reader, outqueue._reader]
+            queues = [inqueue._reader, outqueue._reader]
             while task_handler.is_alive():  # it may be blocked writing into a full pipe
-                for reader in wait(readers, timeout=_DRAIN_POLL_SECONDS):
-                    os.read(reader.fileno(), 1 << 16)
+                for end in wait(queues, timeout=_DRAIN_POLL_SECONDS):
+                    os.read(end.fileno(), 1 << 16)
             task_handler.join()
+        reader.close()
 
 
 def _run_worker(target, finished, *args):
@@ -243,8 +252,8 @@ def _stop_workers(workers):
 
 
 def _free_from_the_dead(lock):
-    """Leaves a queue `lock` free, once no worker is alive: released by whoever holds it, or
-    by this call if it stays held past the grace period (a dead holder never releases it)."""
+    """Leaves a queue `lock` free, once no worker is alive: released by the pool thread that holds
+    it, or by this call if it stays held past the grace period (a dead holder never releases it)."""
     lock.acquire(timeout=_LOCK_GRACE_SECONDS)
     lock.release()
 
@@ -262,7 +271,7 @@ def _death_message(pid, code):
             fix = "; if it ran out of memory (the OOM killer sends SIGKILL), use fewer processes or maxtasksperchild"
     else:
         how = f"exited with code {code} before it finished its tasks"
-        fix = "; a task or initializer must return or raise, not call sys.exit() or os._exit()"
+        fix = "; a task must return or raise, not call sys.exit() or os._exit(), and the initializer must not fail"
     return (f"a worker of this composepar.Pool (pid {pid}) {how}: the task it ran, or the task queue's lock it held, "
             f"is lost, so the pending results fail and the pool is terminated. Create a new pool{fix}")
 
@@ -315,6 +324,43 @@ class _ThenBroken(collections.deque):
 
     def append(self, item):
         pass
+
+
+class _ResultReader:
+    """A result handler's get(): the result queue's Connection.recv(), except that after
+    stop() it raises EOFError at the next read, in the middle of a message too (the
+    rest of a result a worker was writing when it was killed never comes)."""
+
+    def __init__(self, connection):
+        self._fd = connection.fileno()
+        self._stopping = _Wakeup()
+        self._poll = select.poll()  # (a poll object: one syscall per read, no selector to build)
+        self._poll.register(self._fd, select.POLLIN)
+        self._poll.register(self._stopping.fd, select.POLLIN)
+
+    def __call__(self):
+        size, = struct.unpack("!i", self._read(4))  # Connection's framing
+        if size == -1:
+            size, = struct.unpack("!Q", self._read(8))
+        return ForkingPickler.loads(self._read(size))
+
+    def _read(self, size):
+        chunks = []
+        while size:
+            if any(fd == self._stopping.fd for fd, _ in self._poll.poll()):
+                raise EOFError("the pool is terminated")
+            chunk = os.read(self._fd, size)
+            if not chunk:
+                raise EOFError
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+    def stop(self):
+        self._stopping.set()
+
+    def close(self):
+        self._stopping.close()
 
 
 class _Wakeup:

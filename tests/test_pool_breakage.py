@@ -6,11 +6,14 @@ never on time: the machine may be loaded.
 """
 
 import concurrent.futures
+import fcntl
 import functools
 import multiprocessing
 import os
 import signal
+import struct
 import sys
+import termios
 import threading
 import time
 
@@ -35,6 +38,12 @@ def _announce_then_sleep(x, seconds=60.0):
     _announcements.put(os.getpid())
     time.sleep(seconds)
     return x
+
+
+def _announce_then_return(size):
+    """Puts this worker's pid on the test's queue, then returns `size` bytes."""
+    _announcements.put(os.getpid())
+    return b"x" * size
 
 
 @pytest.fixture
@@ -63,6 +72,11 @@ def wait_until(condition, what):
 def read_lock_held(pool):
     """Whether a worker holds the task queue's read lock (an idle worker waits for a task holding it)."""
     return pool._inqueue._rlock._semlock._get_value() == 0
+
+
+def bytes_waiting(connection):
+    """How many bytes the pipe behind `connection` holds, unread."""
+    return struct.unpack("i", fcntl.ioctl(connection.fileno(), termios.FIONREAD, b"\0" * 4))[0]
 
 
 def outcome_in_thread(call, *args):
@@ -171,6 +185,27 @@ def test_leaving_returns_after_every_idle_worker_was_killed(budget, how):
         p.apply_async(_workers.square, (2,))
 
 
+def test_leaving_returns_when_a_worker_died_writing_a_result(budget):
+    # The rest of the result never comes: the result handler must not wait for it.
+    p, announcements = announcing_pool("fork")
+    in_callback, go_on = threading.Event(), threading.Event()
+
+    def hold_the_result_handler(_):
+        in_callback.set()
+        go_on.wait(DEADLINE)
+
+    p.apply_async(_workers.square, (1,), callback=hold_the_result_handler)
+    assert in_callback.wait(DEADLINE)  # nothing reads the result queue from now on
+    big = p.apply_async(_announce_then_return, (8 << 20,))
+    writer = announcements.get(timeout=DEADLINE)
+    wait_until(lambda: bytes_waiting(p._outqueue._reader) > 4096, "the worker to write its result")
+    os.kill(writer, signal.SIGKILL)  # the pipe is full: it dies in the middle of the message
+    with pytest.raises(composepar.BrokenPoolError, match=f"pid {writer}.* was killed by SIGKILL"):
+        big.get(DEADLINE)
+    go_on.set()  # the result handler goes back to reading: the message it gets is cut short
+    leave(p, "with")
+
+
 @pytest.mark.parametrize("method", START_METHODS)
 @pytest.mark.parametrize("exit_call, code", [(os._exit, 0), (sys.exit, 0), (sys.exit, 3)])
 def test_a_task_that_exits_is_a_dead_worker(budget, method, exit_call, code):
@@ -181,6 +216,14 @@ def test_a_task_that_exits_is_a_dead_worker(budget, method, exit_call, code):
             exiting.get(DEADLINE)
         with pytest.raises(composepar.BrokenPoolError):
             others.get(DEADLINE)
+
+
+def test_a_failing_initializer_breaks_the_pool_instead_of_restarting_workers(budget):
+    # (the stdlib starts a new worker after each failed one, forever)
+    p = composepar.Pool(2, initializer=sys.exit, initargs=(2,), context=multiprocessing.get_context("fork"))
+    with pytest.raises(composepar.BrokenPoolError, match="exited with code 2"):
+        p.apply_async(_workers.square, (3,)).get(DEADLINE)  # raised by apply_async once the pool knows
+    leave(p, "with")
 
 
 @pytest.mark.parametrize("method", START_METHODS)
