@@ -169,7 +169,7 @@ def test_a_program_bound_to_one_cpu_gets_one_thread_in_a_larger_named_budget(dom
         # main thread's lease: 1 thread, no extra; a block asking 8 threads: still 1; OpenBLAS told 1
         assert result.stdout == f"{domain} 3 1 0 1 1\n"
         assert ("composepar: the budget has capacity 3 and this process may use 1 CPU (affinity 0): the budget is "
-                "in use; this process's leases and thread variables are capped at its 1 CPU" in result.stderr)
+                "in use; this process's tasks and thread variables are capped at its 1 CPU" in result.stderr)
     finally:
         arbiter.release(1)
 
