@@ -118,7 +118,7 @@ def _forget_handle(path):
         handle.detach()
 
 
-_remove_when_unused = set()  # segment paths to remove at exit if no other live process uses them
+_remove_when_unused = {}  # segment path -> pid of the process that asked to remove it at its exit
 
 
 def remove_at_exit_if_unused(path):
@@ -131,7 +131,7 @@ def remove_at_exit_if_unused(path):
     the segment's mutex, and an attacher that opened the old file finds it
     retired when it takes its slot, and attaches again.
     """
-    _remove_when_unused.add(path)
+    _remove_when_unused[path] = os.getpid()  # not a fork child's: its copy of our handle names our slot
 
 
 @atexit.register
@@ -142,7 +142,7 @@ def _detach_all():
     for handle in handles:
         try:
             handle.detach()
-            if handle.path in _remove_when_unused:
+            if _remove_when_unused.get(handle.path) == os.getpid():
                 handle.retire_and_unlink()
         except Exception:  # noqa: BLE001 - the interpreter is going away; others will reap the slot
             pass

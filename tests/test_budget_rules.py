@@ -208,3 +208,19 @@ def test_a_task_follows_the_affinity_of_its_process_without_losing_tokens(domain
     assert result.returncode == 0, result.stderr
     before = min(2, len(os.sched_getaffinity(0)))
     assert result.stdout.split() == [str(before), "1", str(before), "2", "''"]
+
+
+def test_a_fork_child_exiting_normally_never_removes_its_parents_segment(domain):
+    """The child inherits the launcher's exit handler and a copy of its handle, which names the
+    parent's slot; idle at that moment, that slot must not read as the child's own."""
+    result = launch("--domain", domain, "-c",
+                    "import os, sys, composepar\n"
+                    "from composepar import _task\n"
+                    "_task.current_scope().suspend()  # the main thread's tokens given back, as a hooked wait does\n"
+                    "pid = os.fork()\n"
+                    "if pid == 0:\n"
+                    "    sys.exit(0)  # a normal exit: the child runs the exit handlers it inherited\n"
+                    "os.waitpid(pid, 0)\n"
+                    "print(os.path.exists(composepar.Arbiter().path))\n")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+    assert not os.path.exists(_config.segment_path(domain))  # removed at the parent's exit
