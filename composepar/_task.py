@@ -377,8 +377,17 @@ class Task:
     def __call__(self, *args, **kwargs):
         scope = TaskScope(threads=self.threads, static_threads=self.static_threads, owner_pid=self.owner_pid,
                           domain=self.domain)
-        with scope:
-            return self.func(*args, **kwargs)
+        try:
+            with scope:
+                return self.func(*args, **kwargs)
+        except BaseException as error:
+            # The task's traceback reads as without composepar (a worker's
+            # Ctrl-C print, a pool's RemoteTraceback): drop this frame's
+            # entry. A bare raise adds no entry for it again.
+            traceback = error.__traceback__
+            if traceback is not None and traceback.tb_frame.f_code is Task.__call__.__code__:
+                error.__traceback__ = traceback.tb_next
+            raise
 
     def __reduce__(self):
         return (Task, (self.func, self.threads, self.static_threads, self.owner_pid, self.domain))

@@ -279,6 +279,31 @@ def test_a_failed_pool_task_prints_the_traceback_plain_python_prints(tmp_path, d
     assert "composepar" not in launched.stderr
 
 
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_worker_that_dies_of_an_exception_prints_what_plain_python_prints(tmp_path, domain, start_method):
+    """The worker's own print (multiprocessing's "Process ForkPoolWorker-1:" and its traceback, as
+    at a Ctrl-C that reaches the workers), which the main thread's traceback cutting never sees."""
+    write(tmp_path, "worker_dies.py", f"""\
+        import multiprocessing
+
+        def work(x):
+            raise KeyboardInterrupt
+
+        if __name__ == "__main__":
+            pool = multiprocessing.get_context({start_method!r}).Pool(1, maxtasksperchild=1)
+            result = pool.map_async(work, [0])
+            pool.close()
+            multiprocessing.connection.wait([process.sentinel for process in pool._pool], timeout=60)
+            pool.terminate()
+    """)
+    plain = run_python("worker_dies.py", cwd=tmp_path)
+    launched = launch(domain, "worker_dies.py", cwd=tmp_path)
+    assert launched.returncode == plain.returncode == 0
+    assert "Process " in plain.stderr and "KeyboardInterrupt" in plain.stderr
+    assert launched.stderr == plain.stderr
+    assert "composepar" not in launched.stderr
+
+
 def test_chained_exceptions_are_cut_too(tmp_path, domain):
     write(tmp_path, "chained.py", """\
         from multiprocessing.pool import ThreadPool
