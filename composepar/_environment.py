@@ -47,6 +47,14 @@ WAIT_POLICY_VARIABLES = {
     # frees the core soon after a budget shrinks.
     "GOMP_SPINCOUNT": "10000",
     "MKL_DYNAMIC": "FALSE",  # MKL: use the thread count it is given
+    # OpenBLAS (pthreads): an idle helper thread spins 2**N cycles before it
+    # sleeps; the default N=28 is ~0.1 s. Setting a pool's count in a forked
+    # child (what every task start does) re-creates OpenBLAS's helpers there,
+    # and each then spun ~0.1 s on a core the budget had given to another
+    # task: +11% on a balanced Pool(2) of eigh(256) against the static split
+    # (bench/profile_balanced.py). 2**24 cycles (a few ms) keeps the spin
+    # between back-to-back calls of one task (no loss on a lone eigh loop).
+    "OPENBLAS_THREAD_TIMEOUT": "24",
 }
 
 
