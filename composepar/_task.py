@@ -24,7 +24,8 @@ could not be enforced there; they follow the budget at each task start.
 
 A task's pools are set to ``min(budget, the program's own value)`` and put
 back when it ends (per-thread ones when the thread's scope closes,
-per-process ones when the last scope of the process closes): a limit the
+per-process ones when the last scope of the process closes, except in a
+pool worker, which keeps them between tasks: see _stop_running): a limit the
 program sets itself is a ceiling composepar never undoes (_threadpools).
 """
 
@@ -62,6 +63,7 @@ class _ProcessState:
         self.running = {}  # TaskScope -> None: the scopes holding leases in this process
         self.refresher = None  # the refresher thread, started with the first lease
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
+        self.pool_worker = False  # True once it ran a task of another process's pool: pools kept between tasks
         # Set at exit: the refresher returns, cutting its pause short.
         self.stopped = threading.Event()
 
@@ -170,6 +172,8 @@ class TaskScope:
         self._close()
 
     def _open(self):
+        if self._owner_pid and self._owner_pid != os.getpid():
+            _process.pool_worker = True  # runs the tasks of another process's pool
         self._take_tokens()
         _start_running(self)  # every scope counts for the per-process minimum
         apply(self)
@@ -205,7 +209,7 @@ class TaskScope:
     def suspend(self):
         """Gives the tokens back while the thread waits (idle): leases and explicit ones."""
         if self._lease is not None or self._explicit:
-            _stop_running(self)
+            _stop_running(self, restore=False)
             self._give_tokens_back()
             _apply_process_budget()
 
@@ -253,13 +257,17 @@ def _start_running(scope):
         wake_refresher()
 
 
-def _stop_running(scope):
+def _stop_running(scope, restore=True):
+    """`scope` stops counting. The last scope of a process puts the per-process
+    pools back to the program's values, under the lock so that a scope starting
+    meanwhile applies after it. Not in a pool worker (it runs no code of its own
+    between tasks, and each set restarts a forked OpenBLAS's helper threads),
+    nor for a scope that only waits (its budget is applied at once after)."""
     state = _process
     with state.lock:
         state.running.pop(scope, None)
-        last = not state.running
-    if last and native_pools.has_process_pools():
-        native_pools.restore_process()  # no task runs: the program's own values
+        if restore and not state.running and not state.pool_worker and native_pools.has_process_pools():
+            native_pools.restore_process()  # no task runs: the program's own values
 
 
 def wake_refresher():
@@ -383,7 +391,8 @@ class Task:
         except BaseException as error:
             # The task's traceback reads as without composepar (a worker's
             # Ctrl-C print, a pool's RemoteTraceback): drop this frame's
-            # entry. A bare raise adds no entry for it again.
+            # entry. A bare raise adds no entry for it again. (Python 3.11+:
+            # before, a bare raise re-raises the traceback it caught.)
             traceback = error.__traceback__
             if traceback is not None and traceback.tb_frame.f_code is Task.__call__.__code__:
                 error.__traceback__ = traceback.tb_next

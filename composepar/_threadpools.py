@@ -45,8 +45,12 @@ cannot claim the pool between composepar's read and its write.
 
 composepar never starts a runtime the program has not started: numba's
 pool is set only once numba launched it (and then at once, from the launch,
-in the launching thread); a library's own setter never starts threads the
-library has not already started at load.
+in the launching thread). One exception it cannot avoid: a pthreads
+OpenBLAS stops its helper threads at fork and starts them again at the next
+call to its setter, so the first task of a forked worker whose budget
+differs from the value inherited restarts them (the launcher's
+OPENBLAS_THREAD_TIMEOUT keeps their idle spin to a few ms); a worker keeps
+its per-process pools between tasks (_task) so that this happens once.
 
 Start-up cost. Importing threadpoolctl (with the dataclasses and typing it
 imports) takes ~17 ms, and ctypes ~3 ms: every launched program would pay
@@ -373,8 +377,13 @@ class NativePools:
 
 
 def _numba_parallel():
-    """numba's threading-layer module, once numba is imported (None before)."""
-    return sys.modules.get("numba.np.ufunc.parallel")
+    """numba's threading-layer module, once imported (None before, and while
+    another thread is still importing it: importlib marks such a module's
+    spec `_initializing`, and its names are not all there yet)."""
+    module = sys.modules.get("numba.np.ufunc.parallel")
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
 
 
 def _find_controllers(library_names):
@@ -472,6 +481,7 @@ def _new_lock_in_child():
 
 
 # Held across fork, so a child never inherits it locked by a thread (the
-# refresher) that does not exist there.
-os.register_at_fork(before=native_pools.lock.acquire, after_in_parent=native_pools.lock.release,
+# refresher) that does not exist there. Looked up at each fork (lambdas): a
+# fork child replaces the lock, and its own forks must take the new one.
+os.register_at_fork(before=lambda: native_pools.lock.acquire(), after_in_parent=lambda: native_pools.lock.release(),
                     after_in_child=_new_lock_in_child)

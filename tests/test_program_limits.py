@@ -229,3 +229,19 @@ def test_composepars_tbb_control_is_gone_when_no_task_runs(budget, tbb_kernel):
         print(json.dumps([inside, held, _threadpools._tbb_control.current is None]))
     """, budget.domain)
     assert seen == [1, True, True]
+
+
+def test_numba_being_imported_by_another_thread_is_left_alone(monkeypatch):
+    """The refresher may scan while the program's main thread is still importing numba: a module
+    importlib marks as initializing has not defined its names yet (it raised AttributeError)."""
+    import importlib.machinery
+    import types
+
+    from composepar import _threadpools
+
+    partial = types.ModuleType("numba.np.ufunc.parallel")
+    partial.__spec__ = importlib.machinery.ModuleSpec("numba.np.ufunc.parallel", None)
+    partial.__spec__._initializing = True
+    monkeypatch.setitem(sys.modules, "numba.np.ufunc.parallel", partial)
+    assert _threadpools._numba_parallel() is None
+    assert all(pool.key[0] != "numba" for pool in native_pools.pools())

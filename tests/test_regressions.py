@@ -131,6 +131,30 @@ def test_a_fork_while_the_native_pools_lock_is_held_does_not_hang_the_child(doma
     assert os.waitstatus_to_exitcode(status) == 0
 
 
+def test_a_fork_child_can_fork_again_from_another_thread():
+    """The at-fork handlers take the child's own lock, not the one the child was forked with (held)."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            outcome = []
+
+            def fork_again():
+                grandchild = os.fork()
+                if grandchild == 0:
+                    os._exit(0)
+                outcome.append(os.waitstatus_to_exitcode(os.waitpid(grandchild, 0)[1]))
+
+            thread = threading.Thread(target=fork_again, daemon=True)
+            thread.start()
+            thread.join(60)  # a deadline, not a timing: the fork either returns or hangs forever
+            code = 0 if outcome == [0] else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_a_failed_scope_entry_leaves_nothing_behind(domain, monkeypatch):
     Arbiter(domain, capacity=2)
     monkeypatch.setenv("COMPOSEPAR_DOMAIN", domain)
