@@ -4,11 +4,11 @@ OpenMP, BLAS, numexpr and numba read these variables once, when the library
 is loaded, so the launcher sets them before the program (or anything it
 imports) can load one; the launcher itself loads no BLAS.
 
-Thread counts are set only where the budget is below the machine's
-cores (``-n`` smaller than the CPUs, a taskset or cgroup quota): there they
-keep pools the hooks do not reach, and runtimes that ignore the affinity
-mask, within the budget. Where the budget is the whole machine they are
-left unset: every runtime's own default is then at most the budget, and
+Thread counts are set only where the budget is below the CPUs of the
+affinity mask (``-n`` smaller than them, or a cgroup quota): there they keep
+pools the hooks do not reach within the budget. Elsewhere they are left
+unset: OpenBLAS, OpenMP, MKL and numba size their pools by the affinity
+mask, so their own default is then at most the budget, and
 engines that set these variables in their workers only where they are unset
 (Dask's nanny ``pre-spawn-environ``, joblib/loky's ``cpus // n_jobs``, Ray's
 ``OMP_NUM_THREADS``) keep their own limits, which composepar then treats as
@@ -24,6 +24,8 @@ A variable the user already set (non-empty) is kept as it is.
 """
 
 import os
+
+from ._cpus import affinity_cpus
 
 __all__ = ["THREAD_COUNT_VARIABLES", "WAIT_POLICY_VARIABLES", "set_thread_environment"]
 
@@ -58,15 +60,16 @@ WAIT_POLICY_VARIABLES = {
 }
 
 
-def set_thread_environment(threads, environ=None, machine_cpus=None):
+def set_thread_environment(threads, environ=None, runtime_default=None):
     """Sets the variables above in `environ` (default os.environ) where they
     are unset or empty: the thread counts to `threads` (the most one process
-    of the budget may run) only if that is below `machine_cpus` (default
-    os.cpu_count(), what runtimes assume), the wait policies always.
-    Returns {name: value} of those it set."""
+    of the budget may run) only if that is below `runtime_default` (default
+    the CPUs of the affinity mask, what the runtimes size their pools by),
+    the wait policies always. Returns {name: value} of those it set."""
     environ = os.environ if environ is None else environ
-    machine_cpus = (os.cpu_count() or 1) if machine_cpus is None else machine_cpus
-    wanted = dict.fromkeys(THREAD_COUNT_VARIABLES, str(threads)) if threads < machine_cpus else {}
+    if runtime_default is None:
+        runtime_default = len(affinity_cpus())
+    wanted = dict.fromkeys(THREAD_COUNT_VARIABLES, str(threads)) if threads < runtime_default else {}
     wanted.update(WAIT_POLICY_VARIABLES)
     set_now = {}
     for name, value in wanted.items():

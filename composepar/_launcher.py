@@ -374,8 +374,8 @@ def _report_budget(domain, budget, capacity_asked, source, cpus):
            else "the budget is in use" if budget.users else "the domain's budget")
     cpus_text = f"{cpus} CPU" + ("s" if cpus > 1 else "")
     if budget.capacity > cpus:
-        decision = (f"{why}; this process's tasks and thread variables are capped at its {cpus_text} (never more "
-                    f"threads than CPUs), the budget's other processes share the rest")
+        decision = (f"{why}; this process's tasks are capped at its {cpus_text} (never more threads than CPUs), "
+                    f"the budget's other processes share the rest")
     else:
         decision = f"{why}; its processes together get at most {budget.capacity} busy threads"
     print(f"composepar: the budget has capacity {budget.capacity} and this process may use {cpus_text} "
