@@ -200,7 +200,7 @@ def test_a_task_follows_the_affinity_of_its_process_without_losing_tokens(domain
         with composepar.limit() as block:
             before = block.threads
             os.sched_setaffinity(0, {{min(everything)}})
-            inside = budget_becomes(1)   # a new task while the first still holds its tokens
+            inside = budget_becomes(1)   # the open task's budget follows, though its lease still holds 2 tokens
         os.sched_setaffinity(0, everything)
         again = budget_becomes(before)
         print(before, inside, again, arbiter.stats().tokens_free, repr(arbiter.invariant_violations()))
