@@ -194,13 +194,14 @@ def test_stdin_passes_through(tmp_path, domain):
 
 
 def wait_until_sleeping(pid):
-    """Until the process is asleep (in time.sleep), so that SIGINT lands on that line."""
-    for _ in range(10000):
+    """Until the process is asleep (in time.sleep), so that SIGINT lands on that line (deadline 60 s)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         with open(f"/proc/{pid}/stat") as stat:
             if stat.read().rsplit(")", 1)[1].split()[0] == "S":
                 return
-        time.sleep(0.001)
-    raise AssertionError(f"process {pid} never went to sleep")
+        time.sleep(0.001)  # polls the state, with a deadline
+    raise AssertionError(f"process {pid} did not go to sleep within 60 s")
 
 
 def test_sigint_ends_the_program_as_it_ends_plain_python(tmp_path, domain):

@@ -45,11 +45,18 @@ def test_cleanup_never_splits_a_domain_into_two_budgets(domain):
 def test_an_interrupted_acquire_leaves_no_waiter_behind(domain):
     arbiter = Arbiter(domain, capacity=2)
     arbiter.acquire(2)
-    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
+
+    def interrupt_once_waiting():  # on state, not after a delay: SIGINT lands inside the wait
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not arbiter.stats().process(os.getpid()).waiters:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    interrupter = threading.Thread(target=interrupt_once_waiting)
+    interrupter.start()
     with pytest.raises(KeyboardInterrupt):
         arbiter.acquire(1, timeout=30)
-    timer.join()
+    interrupter.join()
     line = arbiter.stats().process(os.getpid())
     assert (line.waiters, line.tokens_waited, line.tokens_wanted) == (0, 0, 0)
     arbiter.release(2)
