@@ -303,13 +303,16 @@ def _refresh_loop(state):
 def _refresh_once(state):
     if _demand.has_demand():
         _demand.republish()
+    # Per-thread pools can only be set by their own thread: while one is
+    # loaded, budgets follow at task starts only (see the module doc), and
+    # leases are not refreshed, so they give the refresher nothing to do.
+    follow_leases = not native_pools.has_per_thread_pools()
     with state.lock:
         scopes = list(state.running)
-        if not any(scope._lease is not None for scope in scopes) and not _demand.has_demand():
-            state.wake.clear()  # nothing to follow until the next lease or submit
-    if scopes and not native_pools.has_per_thread_pools():
-        # Per-thread pools can only be set by their own thread: their
-        # budget follows at task starts only (see the module doc).
+        leases = follow_leases and any(scope._lease is not None for scope in scopes)
+        if not leases and not _demand.has_demand():
+            state.wake.clear()  # nothing to follow until the next lease or submit: sleep
+    if scopes and follow_leases:
         for scope in scopes:
             scope.refresh()
         _apply_process_budget(state)

@@ -245,3 +245,29 @@ def test_numba_being_imported_by_another_thread_is_left_alone(monkeypatch):
     monkeypatch.setitem(sys.modules, "numba.np.ufunc.parallel", partial)
     assert _threadpools._numba_parallel() is None
     assert all(pool.key[0] != "numba" for pool in native_pools.pools())
+
+
+REFRESHER_PROGRAM = """
+    import ctypes, json, sys, composepar
+    from composepar import _task
+    if sys.argv[1:]:
+        ctypes.CDLL(sys.argv[1])                   # a per-thread runtime (OpenMP) is loaded
+    else:
+        import numpy                               # OpenBLAS only: a per-process pool
+    with composepar.limit():
+        _task._process.wake.set()                  # as a lease start leaves it
+        _task._refresh_once(_task._process)        # one tick of the refresher
+        print(json.dumps(_task._process.wake.is_set()))
+"""
+
+
+@pytest.mark.parametrize("runtime", ["openmp", "openblas"])
+def test_the_refresher_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, runtime):
+    """OpenMP loaded: leases are not refreshed mid-task, so the refresher must not wake every tick;
+    with OpenBLAS alone it follows the open lease."""
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
+    args = [omp_kernel] if runtime == "openmp" else []
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(REFRESHER_PROGRAM), *args], env=environ,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == (runtime == "openblas")
