@@ -189,8 +189,13 @@ class TaskScope:
             threads = min(self._threads, most)
             self._explicit = arbiter.acquire(threads, min_tokens=threads)
         else:
-            extra = most - 1 if self._extra_wanted is None else min(self._extra_wanted, most - 1)
-            self._lease = arbiter.lease(extra, pool_owner_pid=self._owner_pid)
+            self._lease = arbiter.lease(self._extra_asked(arbiter.capacity), pool_owner_pid=self._owner_pid)
+
+    def _extra_asked(self, capacity):
+        """Extra tokens the lease asks for: as many as the policy gives, or as
+        asked, never past this process's CPUs (read again when older than 1 s)."""
+        most = min(capacity, process_cpus()) - 1
+        return most if self._extra_wanted is None else min(self._extra_wanted, most)
 
     def _give_tokens_back(self):
         if self._lease is not None:
@@ -225,7 +230,9 @@ class TaskScope:
         lease = self._lease
         if lease is not None:
             try:
-                lease.refresh()
+                # Asked again: if the process's CPUs shrank, the tokens it can
+                # no longer use go back to the budget (and come back if they grow).
+                lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
             except Exception:  # noqa: BLE001 - closed under us by its own thread: nothing to refresh
                 pass
 
