@@ -184,9 +184,8 @@ class TaskScope:
         arbiter = get_arbiter(self._domain)
         # Never more threads than this process may run on, whatever the
         # budget's capacity (a taskset or cgroup quota smaller than it).
-        most = min(arbiter.capacity, process_cpus())
         if self._threads is not None:
-            threads = min(self._threads, most)
+            threads = min(self._threads, arbiter.capacity, process_cpus())
             self._explicit = arbiter.acquire(threads, min_tokens=threads)
         else:
             self._lease = arbiter.lease(self._extra_asked(arbiter.capacity), pool_owner_pid=self._owner_pid)

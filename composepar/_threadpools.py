@@ -147,7 +147,7 @@ _NOT_HELD = _NotHeld()
 class _LibraryPool(_Pool):
     """One loaded library that threadpoolctl controls."""
 
-    __slots__ = ("_controller", "_set", "_openblas_state")
+    __slots__ = ("_controller", "_set", "_held")
 
     def __init__(self, controller):
         self._controller = controller  # threadpoolctl.LibController
@@ -160,13 +160,14 @@ class _LibraryPool(_Pool):
         # thread; its set_num_threads is a no-op in every other thread, so
         # composepar calls the library's setter itself (_real_set_num_threads)
         # and leaves the controlling thread to the program.
-        self._openblas_state = None
+        self._held = _NOT_HELD  # program_holds()'s context manager
         self._set = controller.set_num_threads
         if not self.per_thread and controller.internal_api == "openblas":
             real_set = getattr(controller, "_real_set_num_threads", None)
-            if real_set is not None:
+            state = getattr(type(controller), "_SHARED_STATE", None)
+            if real_set is not None and state is not None:
                 self._set = real_set
-                self._openblas_state = getattr(type(controller), "_SHARED_STATE", None)
+                self._held = _OpenBLASControl(state)
 
     def get(self):
         return self._controller.get_num_threads()
@@ -175,9 +176,7 @@ class _LibraryPool(_Pool):
         self._set(n)
 
     def program_holds(self):
-        if self._openblas_state is None:
-            return _NOT_HELD
-        return _OpenBLASControl(self._openblas_state)
+        return self._held
 
 
 class _OpenBLASControl:
@@ -219,10 +218,7 @@ class _NumbaPool(_Pool):
         return self._parallel.get_num_threads()
 
     def set(self, n):
-        self._parallel.set_num_threads(min(n, self._numba_threads()))
-
-    def _numba_threads(self):
-        return sys.modules["numba"].config.NUMBA_NUM_THREADS
+        self._parallel.set_num_threads(n)  # n <= the program's value <= NUMBA_NUM_THREADS (apply)
 
 
 def watch_numba_launch(parallel):
@@ -332,10 +328,7 @@ class NativePools:
         settings = self._thread.settings
         for pool in pools:
             if pool.per_thread:
-                setting = settings.get(pool.key)
-                if setting is None:
-                    setting = settings[pool.key] = _Setting()
-                pool.apply(setting, threads)
+                pool.apply(_setting_of(settings, pool), threads)
 
     def restore_thread(self):
         """Puts the calling thread's per-thread pools back to the program's values."""
@@ -353,10 +346,7 @@ class NativePools:
         with self.lock:
             for pool in self.pools():
                 if not pool.per_thread:
-                    setting = self._process_settings.get(pool.key)
-                    if setting is None:
-                        setting = self._process_settings[pool.key] = _Setting()
-                    pool.apply(setting, threads)
+                    pool.apply(_setting_of(self._process_settings, pool), threads)
 
     def restore_process(self):
         """Puts the per-process pools back to the program's values (no task runs)."""
@@ -374,6 +364,14 @@ class NativePools:
             count = pool.get()
             lines.append(f"{pool.name}: {kind}" + (f", {count} threads" if count is not None else ""))
         return lines
+
+
+def _setting_of(settings, pool):
+    """`pool`'s _Setting in `settings` (a thread's or the process's), made on first use."""
+    setting = settings.get(pool.key)
+    if setting is None:
+        setting = settings[pool.key] = _Setting()
+    return setting
 
 
 def _numba_parallel():
