@@ -5,6 +5,11 @@ process's cgroup (Docker --cpus, Kubernetes limits): cgroup v2 ``cpu.max``
 or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, the tightest limit on the
 path from the process's cgroup to the root, rounded up.
 
+The affinity read is the process's (its main thread's, pid = thread-group
+id), not the calling thread's: ``sched_getaffinity(0)`` in a refresher or a
+pool thread would answer for that thread alone. taskset, cpusets and batch
+schedulers set every thread alike.
+
 ``process_cpus()`` is the same count for calls on hot paths (every lease):
 read again when the value it keeps is older than ``MAX_AGE`` seconds, so a
 process whose affinity or quota changes is followed within that time.
@@ -49,7 +54,7 @@ def _refresh():
 
 def _affinity():
     try:
-        return tuple(sorted(os.sched_getaffinity(0)))
+        return tuple(sorted(os.sched_getaffinity(os.getpid())))
     except (AttributeError, OSError):
         return tuple(range(os.cpu_count() or 1))
 
@@ -88,7 +93,7 @@ def format_cpu_list(cpus):
 def usable_cpus(proc_root="/proc", cgroup_root="/sys/fs/cgroup"):
     """CPUs in the affinity mask, capped by the cgroup quota, at least 1."""
     try:
-        cpus = len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(os.getpid()))
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
     limit = cgroup_cpu_limit(proc_root, cgroup_root)

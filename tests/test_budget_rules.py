@@ -189,6 +189,10 @@ def test_a_task_follows_the_affinity_of_its_process_without_losing_tokens(domain
         arbiter = composepar.Arbiter({domain!r}, capacity=2)
         everything = os.sched_getaffinity(0)
 
+        def bind(cpus):  # every thread, the refresher's too, as taskset -a and cpusets do
+            for thread in os.listdir("/proc/self/task"):
+                os.sched_setaffinity(int(thread), cpus)
+
         def budget_becomes(threads):  # the CPUs are read again within 1 s
             deadline = time.monotonic() + 30
             seen = None
@@ -205,10 +209,10 @@ def test_a_task_follows_the_affinity_of_its_process_without_losing_tokens(domain
 
         with composepar.limit() as block:
             before = block.threads
-            os.sched_setaffinity(0, {{min(everything)}})
+            bind({{min(everything)}})
             inside = budget_becomes(1)   # the open task's budget follows at once
             given_back = free_becomes(1)  # and its lease gives back the token it cannot use
-        os.sched_setaffinity(0, everything)
+        bind(everything)
         again = budget_becomes(before)
         print(before, inside, given_back, again, arbiter.stats().tokens_free, repr(arbiter.invariant_violations()))
     """
