@@ -17,6 +17,12 @@
     numba's _launch_threads (its threading layer starting)
         -> the pool gets the launching thread's budget at once
 
+    Pool.__init__, executors' submit, and multiprocessing's Process.start
+    for the processes that run a pool's worker loop (Pool, ProcessPoolExecutor,
+    composepar.Pool)
+        -> a forked worker inherits a pthreads OpenBLAS at one thread
+           (_threadpools, "A pthreads OpenBLAS stops its helper threads")
+
 Pools that libraries create through these classes (joblib's threading
 backend, Dask's threaded and multiprocessing schedulers) are covered too.
 Under ``--static`` no lease is taken: each task of a pool of P workers gets
@@ -70,10 +76,13 @@ def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=N
     estimate = _demand.before_submit(arbiter, pool, workers, new_tasks)
     try:
         _task.suspend_current()
-        _task.wake_refresher()
-        return original(pool, task, *args, **kwargs)
+        result = original(pool, task, *args, **kwargs)
     finally:
         _demand.after_submit(arbiter, pool, estimate)
+    # After the tasks are queued: starting the refresher (the first submit)
+    # waits for its thread to run, which must not delay the first task.
+    _task.wake_refresher()
+    return result
 
 
 def submit_map_to_pool(pool, original, func, iterable, mapper, args, kwargs, threads=None):
@@ -100,12 +109,13 @@ def submit_to_executor(executor, original, fn, args, kwargs):
     estimate = _demand.before_submit(arbiter, executor, workers, new_tasks=1, executor=True)
     try:
         _task.suspend_current()
-        _task.wake_refresher()
-        future = original(executor, task, *args, **kwargs)
+        with _threadpools.pool_worker_forks():  # a submit may start the workers
+            future = original(executor, task, *args, **kwargs)
     except BaseException:
         _demand.after_submit(arbiter, executor, estimate)
         raise
     _demand.after_submit(arbiter, executor, estimate, future)
+    _task.wake_refresher()  # after the task is queued, as in submit_to_pool
     return future
 
 
@@ -205,6 +215,7 @@ def _patch_multiprocessing_pool(pool):
     _patch(pool.IMapIterator, "next", _idle_while())
     pool.IMapIterator.__next__ = pool.IMapIterator.next
     _patch(pool.Pool, "join", _idle_while())
+    _patch(pool.Pool, "__init__", _pool_init)
 
 
 def _patch_futures_base(base):
@@ -230,9 +241,44 @@ def _patch_executor(module, name="ProcessPoolExecutor", waits=True):
         _patch(executor, "shutdown", _idle_while())
 
 
+# The functions a pool's worker process runs: (module, qualified name).
+_POOL_WORKER_LOOPS = frozenset({("multiprocessing.pool", "worker"), ("concurrent.futures.process", "_process_worker"),
+                                ("composepar._pools", "_run_worker")})
+
+
+def _process_start(original):
+    @functools.wraps(original)
+    def patched(self):
+        target = getattr(self, "_target", None)
+        if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) in _POOL_WORKER_LOOPS:
+            with _threadpools.pool_worker_forks():
+                return original(self)
+        return original(self)
+
+    return patched
+
+
+def _patch_process(process):
+    """multiprocessing.process: BaseProcess.start (every context's Process derives from it)."""
+    _patch(process.BaseProcess, "start", _process_start)
+
+
+def _pool_init(original):
+    """Pool.__init__ starts all its workers: one pool_worker_forks() block
+    around them all, so the parent is not raised between two forks."""
+
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        with _threadpools.pool_worker_forks():
+            return original(self, *args, **kwargs)
+
+    return patched
+
+
 # module name -> its patch, applied once, when the module has been loaded.
 # loky's executor does not derive from the stdlib's: it is patched where it lives.
 _PATCHES = {
+    "multiprocessing.process": _patch_process,
     "multiprocessing.pool": _patch_multiprocessing_pool,
     "concurrent.futures._base": _patch_futures_base,
     "concurrent.futures.thread": functools.partial(_patch_executor, name="ThreadPoolExecutor"),

@@ -259,7 +259,13 @@ def _start_running(scope):
     state = _process
     with state.lock:
         state.running[scope] = None
-    if scope._lease is not None:
+    # A lease to follow wakes the refresher, unless a per-thread pool is
+    # loaded: leases are then followed at task starts only, and the refresher
+    # would find nothing to do and sleep again (_refresh_once). Not starting
+    # it spares a pool worker's first task a thread start (a wait for the new
+    # thread to run, a scheduler tick on a busy machine). A pool's demand
+    # wakes it from the submitting side (_hooks).
+    if scope._lease is not None and (_demand.has_demand() or not native_pools.has_per_thread_pools()):
         wake_refresher()
 
 

@@ -45,18 +45,31 @@ cannot claim the pool between composepar's read and its write.
 
 composepar never starts a runtime the program has not started: numba's
 pool is set only once numba launched it (and then at once, from the launch,
-in the launching thread). One exception it cannot avoid: a pthreads
-OpenBLAS stops its helper threads at fork and starts them again at the next
-call to its setter, so the first task of a forked worker whose budget
-differs from the value inherited restarts them (the launcher's
-OPENBLAS_THREAD_TIMEOUT keeps their idle spin to a few ms); a worker keeps
-its per-process pools between tasks (_task) so that this happens once.
+in the launching thread). A pthreads OpenBLAS stops its helper
+threads at every fork, in both processes, and starts them again at the next
+threaded call or the next call to its setter, whatever the count set. So a
+forked pool worker that inherited 2 threads and gets a budget of 1 would
+restart a helper just to be told to use none, and the helper spins on a
+core (OPENBLAS_THREAD_TIMEOUT: the launcher's 24 is ~8 ms) that a
+balanced pool's sibling needs: most of what a balanced fork pool lost to
+plain python (bench omp_pool2, eig_processes). So a fork that starts a pool
+worker (in a pool_worker_forks() block, opened by the launcher's hooks)
+first sets such a pool to one thread, the floor of any budget: the worker
+inherits 1, and only a task whose budget is larger calls the setter, which
+it then needs. The parent's own count follows its next budget change after
+the block (the refresher's next tick, a task start or wait). A worker keeps its per-process pools between tasks (_task) so that
+a restart happens once.
 
 Start-up cost. Importing threadpoolctl (with the dataclasses and typing it
 imports) takes ~17 ms, and ctypes ~3 ms: every launched program would pay
 them at its first line. So a scan first reads the loaded objects' names and
 imports threadpoolctl only if one could be a pool it knows; ctypes is
-imported only to drive TBB.
+imported only to drive TBB. A process that forks imports threadpoolctl once,
+before its first fork: a forked pool worker that loads a pool (a kernel in
+its initializer, a lazy import in its first task) then finds it ready
+instead of each worker importing it on its own core, at the start of its
+first task (~10 ms each: most of what a balanced fork pool lost to plain
+python, bench omp_pool2).
 """
 
 import os
@@ -92,6 +105,10 @@ class _Pool:
     """A native pool and how to read and set it. Subclasses give get/set."""
 
     __slots__ = ("key", "name", "per_thread")
+
+    # A pthreads OpenBLAS: fork stops its helper threads, and the first call
+    # to its setter in either process starts them again (see the module doc).
+    restarts_after_fork = False
 
     def get(self):
         """The pool's count now (the calling thread's, per thread), or None if not started."""
@@ -147,7 +164,7 @@ _NOT_HELD = _NotHeld()
 class _LibraryPool(_Pool):
     """One loaded library that threadpoolctl controls."""
 
-    __slots__ = ("_controller", "_set", "_held")
+    __slots__ = ("_controller", "_set", "_held", "restarts_after_fork")
 
     def __init__(self, controller):
         self._controller = controller  # threadpoolctl.LibController
@@ -168,6 +185,7 @@ class _LibraryPool(_Pool):
             if real_set is not None and state is not None:
                 self._set = real_set
                 self._held = _OpenBLASControl(state)
+        self.restarts_after_fork = not self.per_thread and controller.internal_api == "openblas"
 
     def get(self):
         return self._controller.get_num_threads()
@@ -286,6 +304,9 @@ class NativePools:
         self._any_process_pool = False
         self._any_per_thread_pool = False
         self._numba_seen = False  # numba's pool was in sys.modules at the last scan
+        # Open pool_worker_forks() blocks in this process (>= 0): while > 0,
+        # the pools that restart after fork are held at one thread.
+        self.fork_floor_holds = 0
         # The calling thread's budget now, or None outside any task: set by
         # the task scopes' module (_task), which imports this one.
         self.thread_budget = lambda: None
@@ -346,7 +367,19 @@ class NativePools:
         with self.lock:
             for pool in self.pools():
                 if not pool.per_thread:
-                    pool.apply(_setting_of(self._process_settings, pool), threads)
+                    floor = self.fork_floor_holds and pool.restarts_after_fork
+                    pool.apply(_setting_of(self._process_settings, pool), 1 if floor else threads)
+
+    def lower_before_worker_fork(self):
+        """Before a pool worker is forked (pool_worker_forks): the pools that restart their threads
+        after fork (a pthreads OpenBLAS) go to one thread, the floor of any
+        budget, so that the worker inherits 1 and only a task whose budget is
+        larger calls the setter that restarts the threads; see the module doc.
+        The program's value stays the ceiling (`program`), as at any apply."""
+        with self.lock:
+            for pool in self.pools():
+                if pool.restarts_after_fork:
+                    pool.apply(_setting_of(self._process_settings, pool), 1)
 
     def restore_process(self):
         """Puts the per-process pools back to the program's values (no task runs)."""
@@ -474,8 +507,61 @@ def _loaded_library_names():
 native_pools = NativePools()  # the process's one instance
 
 
+class _Forking(threading.local):
+    depth = 0  # open pool_worker_forks() blocks of this thread
+
+
+_forking = _Forking()
+
+
+class pool_worker_forks:
+    """Context manager around code that forks pool workers (a Pool's
+    constructor, an executor's submit, a worker's Process.start): each fork
+    the calling thread makes starts a worker with the pools that restart
+    after fork at one thread (module doc), and until the last block of the
+    process exits those pools stay at one in this process too, whatever
+    thread applies a budget (the refresher would otherwise raise them, and
+    restart their threads, between two forks of one pool)."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        _forking.depth += 1
+        with native_pools.lock:
+            native_pools.fork_floor_holds += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        with native_pools.lock:
+            native_pools.fork_floor_holds -= 1
+        _forking.depth -= 1
+
+
+def _before_fork():
+    """Runs before every os.fork() of this process (before the lock handler
+    below: the interpreter takes its own fork locks after all handlers).
+
+    threadpoolctl is imported once, before the first fork (module doc,
+    "Start-up cost"): a plain import. A fork that starts a pool worker
+    first lowers the pools that restart after fork to one thread."""
+    if "threadpoolctl" not in sys.modules:
+        try:
+            import threadpoolctl  # noqa: F401
+        except ImportError:  # an install without it: the scan says so where it needs it
+            pass
+    if _forking.depth:
+        try:
+            native_pools.lower_before_worker_fork()
+        except Exception:  # noqa: BLE001 - an optimisation: never fail the program's fork for it
+            pass
+
+
 def _new_lock_in_child():
     native_pools.lock = threading.RLock()
+    # The forking thread's blocks never exit in the child (a worker leaves
+    # through os._exit): a worker's pools follow its own budgets.
+    native_pools.fork_floor_holds = 0
+    _forking.depth = 0
 
 
 # Held across fork, so a child never inherits it locked by a thread (the
@@ -483,3 +569,7 @@ def _new_lock_in_child():
 # fork child replaces the lock, and its own forks must take the new one.
 os.register_at_fork(before=lambda: native_pools.lock.acquire(), after_in_parent=lambda: native_pools.lock.release(),
                     after_in_child=_new_lock_in_child)
+# Registered last, so it runs first (before-fork handlers run in reverse
+# order): the import does not hold native_pools.lock (the lowering takes it
+# as any apply does).
+os.register_at_fork(before=_before_fork)

@@ -271,3 +271,79 @@ def test_the_refresher_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, 
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == (runtime == "openblas")
+
+
+FORKED_WORKERS_PROGRAM = """
+    import concurrent.futures, json, multiprocessing, os, threading
+    import numpy
+    from threadpoolctl import threadpool_info
+    import composepar
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+
+    def helpers():
+        # Threads of this process that are not Python's (main, composepar's refresher):
+        # a pthreads OpenBLAS's helpers, the only native pool loaded here.
+        return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+    inherited = None
+
+    def record():  # a pool's initializer: runs before any task of the worker
+        global inherited
+        inherited = blas_threads()
+
+    def task(_):
+        seen = {"inherited": inherited, "helpers_at_start": helpers()}
+        numpy.ones((256, 256)) @ numpy.ones((256, 256))
+        seen["helpers_after_blas"] = helpers()
+        seen["blas"] = blas_threads()
+        return seen
+
+    def child(queue):
+        queue.put(blas_threads())
+
+    if __name__ == "__main__":
+        fork = multiprocessing.get_context("fork")
+        numpy.ones((256, 256)) @ numpy.ones((256, 256))   # the parent's helpers have run
+        seen = {"parent": blas_threads()}
+        with fork.Pool(2, initializer=record) as pool:
+            seen["pool"] = pool.map(task, range(2), chunksize=1)
+        with concurrent.futures.ProcessPoolExecutor(2, mp_context=fork, initializer=record) as executor:
+            seen["executor"] = list(executor.map(task, range(2)))
+        with composepar.Pool(2, initializer=record, context=fork) as pool:
+            seen["one_thread_tasks"] = pool.map(task, range(2), chunksize=1, threads=1)
+        parent = blas_threads()
+        queue = fork.Queue()
+        process = fork.Process(target=child, args=(queue,))
+        process.start()
+        seen["process"] = [parent, queue.get(timeout=60)]
+        process.join(60)
+        print(json.dumps(seen))
+"""
+
+
+def test_a_forked_pool_worker_restarts_no_blas_thread_its_budget_does_not_use(budget, tmp_path):
+    """A pthreads OpenBLAS stops its helpers at fork, and the next call to its
+    setter restarts them: a worker that inherited 2 threads and got a budget
+    of 1 used to start a helper (spinning on a core its sibling needs) only to
+    use none. Pool workers now inherit 1 thread, a task with 1 starts no
+    helper; a task with a larger budget still gets it (the lone main thread's
+    lease has 2 tokens, the parent's count); a plain forked Process is left
+    as plain python leaves it."""
+    script = tmp_path / "forked_workers.py"
+    script.write_text(textwrap.dedent(FORKED_WORKERS_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
+    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr
+    seen = json.loads(result.stdout)
+    assert seen["parent"] == [2], seen
+    for worker in seen["pool"] + seen["executor"] + seen["one_thread_tasks"]:
+        assert worker["inherited"] == [1], seen
+        assert worker["blas"][0] <= 2, seen
+    for worker in seen["one_thread_tasks"]:
+        assert worker == {"inherited": [1], "helpers_at_start": 0, "helpers_after_blas": 0, "blas": [1]}, seen
+    parent, child = seen["process"]
+    assert child == parent, seen  # not a pool worker: it inherits the parent's count
