@@ -53,6 +53,7 @@ class limit:
                 opened = _task.TaskScope(extra_wanted=extra)
                 opened.__enter__()
             else:
+                scope.unpin()  # the block's code may use the budget, not only the native pools
                 scope.cap = min(caps) if caps else None
                 _task.apply(scope)
         except BaseException:

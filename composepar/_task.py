@@ -98,6 +98,7 @@ def current_budget():
 
 
 native_pools.thread_budget = current_budget  # a runtime started mid-task gets the task's budget
+native_pools.scopes_open = lambda: bool(_process.running) or _thread.scope is not None
 
 
 def current_scope():
@@ -118,9 +119,10 @@ class TaskScope:
     """
 
     __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
-                 "cap")
+                 "_usable", "_native_only", "cap")
 
-    def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None):
+    def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None,
+                 native_only=False):
         self._extra_wanted = extra_wanted  # None: as many as the policy gives
         self._owner_pid = owner_pid  # pid of the process whose pool submitted the task; 0: none
         self._domain = domain  # the owner's domain; None: $COMPOSEPAR_DOMAIN
@@ -129,6 +131,15 @@ class TaskScope:
         self._lease = None  # composepar.Lease while open
         self._explicit = 0  # tokens acquired for a `threads` request
         self._outer = False  # True if this scope opened the thread's lease
+        # The most threads the pools loaded at the start can run for this task
+        # (their program values: NativePools.most_threads); None: no ceiling
+        # known (none loaded, or one not started), or the program's own code
+        # may use the budget (not native_only, or unpin()). Read when tokens
+        # are taken.
+        self._usable = None
+        # Only native pools use the budget (a pool's task, the launched main
+        # thread): the program never sees it, unless a limit() block asks.
+        self._native_only = native_only
         self.cap = min(_thread.caps) if _thread.caps else None  # innermost limit() of the owner thread
 
     def budget(self):
@@ -188,13 +199,36 @@ class TaskScope:
             threads = min(self._threads, arbiter.capacity, process_cpus())
             self._explicit = arbiter.acquire(threads, min_tokens=threads)
         else:
+            self._usable = native_pools.most_threads() if self._native_only else None
             self._lease = arbiter.lease(self._extra_asked(arbiter.capacity), pool_owner_pid=self._owner_pid)
 
     def _extra_asked(self, capacity):
         """Extra tokens the lease asks for: as many as the policy gives, or as
-        asked, never past this process's CPUs (read again when older than 1 s)."""
+        asked, never past this process's CPUs (read again when older than 1 s),
+        nor past what the loaded pools can run: a token the program's own
+        limits leave unused (loky's and Dask's workers load with
+        *_NUM_THREADS=1) is left to the other tasks of the budget."""
         most = min(capacity, process_cpus()) - 1
+        if self._usable is not None:
+            most = min(most, self._usable - 1)
         return most if self._extra_wanted is None else min(self._extra_wanted, most)
+
+    def unpin(self):
+        """The program's code asks for the budget (a limit() block in the task):
+        the lease asks the policy's extra tokens again, whatever the native
+        pools' ceilings, for the rest of the scope."""
+        if self._usable is None:
+            return
+        self._usable = None
+        lease = self._lease
+        if lease is not None:
+            lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
+            wake_refresher()
+
+    def follows(self):
+        """True if the refresher has something to follow for this scope: a
+        lease that may grow or shrink (not one pinned at its own thread)."""
+        return self._lease is not None and (self._usable is None or self._usable > 1)
 
     def _give_tokens_back(self):
         if self._lease is not None:
@@ -265,7 +299,7 @@ def _start_running(scope):
     # it spares a pool worker's first task a thread start (a wait for the new
     # thread to run, a scheduler tick on a busy machine). A pool's demand
     # wakes it from the submitting side (_hooks).
-    if scope._lease is not None and (_demand.has_demand() or not native_pools.has_per_thread_pools()):
+    if scope.follows() and (_demand.has_demand() or not native_pools.has_per_thread_pools()):
         wake_refresher()
 
 
@@ -321,7 +355,7 @@ def _refresh_once(state):
     follow_leases = not native_pools.has_per_thread_pools()
     with state.lock:
         scopes = list(state.running)
-        leases = follow_leases and any(scope._lease is not None for scope in scopes)
+        leases = follow_leases and any(scope.follows() for scope in scopes)
         if not leases and not _demand.has_demand():
             state.wake.clear()  # nothing to follow until the next lease or submit: sleep
     if scopes and follow_leases:
@@ -399,7 +433,7 @@ class Task:
 
     def __call__(self, *args, **kwargs):
         scope = TaskScope(threads=self.threads, static_threads=self.static_threads, owner_pid=self.owner_pid,
-                          domain=self.domain)
+                          domain=self.domain, native_only=True)
         try:
             with scope:
                 return self.func(*args, **kwargs)
@@ -424,4 +458,4 @@ def enter_main_thread():
     """Opens the main thread's scope for the program's life: native calls
     made outside pools get the main thread's lease. Idempotent."""
     if _thread.scope is None:
-        TaskScope().__enter__()
+        TaskScope(native_only=True).__enter__()

@@ -57,19 +57,26 @@ worker (in a pool_worker_forks() block, opened by the launcher's hooks)
 first sets such a pool to one thread, the floor of any budget: the worker
 inherits 1, and only a task whose budget is larger calls the setter, which
 it then needs. The parent's own count follows its next budget change after
-the block (the refresher's next tick, a task start or wait). A worker keeps its per-process pools between tasks (_task) so that
-a restart happens once.
+the block (the refresher's next tick, a task start or wait). A worker
+keeps its per-process pools between tasks (_task) so that a restart
+happens once.
+
+Scan cost. A scan runs at a task start or a refresher tick after any
+library was loaded, and an import-heavy program loads hundreds (every
+Python extension module is one: dask's import loads ~80). So a scan first
+reads the loaded objects' names from the dynamic loader (one pass, no
+file: /proc/self/maps took ~8 ms to read in a process holding large
+arrays) and asks threadpoolctl again only if the libraries that may be
+pools changed; a Python extension module costs a set comparison.
 
 Start-up cost. Importing threadpoolctl (with the dataclasses and typing it
-imports) takes ~17 ms, and ctypes ~3 ms: every launched program would pay
-them at its first line. So a scan first reads the loaded objects' names and
-imports threadpoolctl only if one could be a pool it knows; ctypes is
-imported only to drive TBB. A process that forks imports threadpoolctl once,
-before its first fork: a forked pool worker that loads a pool (a kernel in
-its initializer, a lazy import in its first task) then finds it ready
-instead of each worker importing it on its own core, at the start of its
-first task (~10 ms each: most of what a balanced fork pool lost to plain
-python, bench omp_pool2).
+imports) takes ~11-17 ms, and ctypes ~3 ms: every launched program would
+pay them at its first line. So threadpoolctl is imported only once a
+loaded library could be a pool it knows; ctypes only to drive TBB. A
+process that forks imports threadpoolctl once, before its first fork: a
+forked pool worker that loads a pool (a kernel in its initializer, a lazy
+import in its first task) then finds it ready instead of each worker
+importing it on its own core at the start of its first task (~10 ms each).
 """
 
 import os
@@ -88,7 +95,7 @@ _PER_THREAD_APIS = {"openmp"}
 # and the OpenMP runtimes). Only a filter: a name matching one of them means
 # "ask threadpoolctl", which has the last word.
 _POOL_LIBRARY_PREFIXES = ("libopenblas", "libscipy_openblas", "libblas", "libblis", "libflexiblas", "libmkl_rt",
-                          "libgomp", "libiomp", "libomp")
+                          "libgomp", "libiomp", "libomp", "libtbb.so")
 
 
 class _Setting:
@@ -296,6 +303,7 @@ class NativePools:
     def __init__(self):
         self.lock = threading.RLock()  # guards the fields below and per-process settings
         self._objects_seen = -1  # loaded_objects_generation() at the last scan
+        self._candidates = None  # the loaded libraries that may be pools, at the last scan (_pool_candidates)
         self._pools = []  # a _Pool for each pool found
         self._process_settings = {}  # pool key -> _Setting, for per-process pools
         self._thread = _ThreadSettings()
@@ -310,6 +318,10 @@ class NativePools:
         # The calling thread's budget now, or None outside any task: set by
         # the task scopes' module (_task), which imports this one.
         self.thread_budget = lambda: None
+        # Whether a task scope is open in this process (running or waiting):
+        # set by _task too. Without one, nothing would put the pools back
+        # after a pool_worker_forks() block: its exit does.
+        self.scopes_open = lambda: False
 
     def pools(self):
         """The pools found, rescanning only if a library was loaded since the last look."""
@@ -318,19 +330,28 @@ class NativePools:
         if generation != self._objects_seen or numba_now != self._numba_seen:
             with self.lock:
                 if generation != self._objects_seen or numba_now != self._numba_seen:
-                    names = _loaded_library_names()
-                    pools = [_LibraryPool(c) for c in _find_controllers(names)]
-                    if any("/libtbb.so" in name for name in names):
-                        pools.append(_TbbPool())
-                    parallel = _numba_parallel()
-                    if parallel is not None:
-                        pools.append(_NumbaPool(parallel))
-                    self._pools = pools
-                    self._any_process_pool = any(not pool.per_thread for pool in pools)
-                    self._any_per_thread_pool = any(pool.per_thread for pool in pools)
-                    self._numba_seen = parallel is not None
-                    self._objects_seen = generation
+                    self._rescan()
         return self._pools
+
+    def _rescan(self):
+        """Finds the pools again if the loaded libraries that may be pools
+        changed (most loads are a Python extension module: then nothing is
+        redone), or numba's module came or went. Under self.lock."""
+        generation, names = _native.loaded_object_names()
+        candidates = _pool_candidates(names)
+        parallel = _numba_parallel()
+        if candidates != self._candidates or (parallel is not None) != self._numba_seen:
+            pools = [_LibraryPool(c) for c in _find_controllers(candidates)]
+            if any(os.path.basename(name).startswith("libtbb.so") for name in candidates):
+                pools.append(_TbbPool())
+            if parallel is not None:
+                pools.append(_NumbaPool(parallel))
+            self._pools = pools
+            self._any_process_pool = any(not pool.per_thread for pool in pools)
+            self._any_per_thread_pool = any(pool.per_thread for pool in pools)
+            self._candidates = candidates
+            self._numba_seen = parallel is not None
+        self._objects_seen = generation
 
     def has_process_pools(self):
         """True if some pool here is set per process (OpenBLAS pthreads, BLIS, MKL, TBB)."""
@@ -340,6 +361,29 @@ class NativePools:
     def has_per_thread_pools(self):
         self.pools()
         return self._any_per_thread_pool
+
+    def most_threads(self):
+        """The most threads a task of the calling thread could run in the pools
+        loaded now: the largest program value (the ceiling composepar keeps,
+        see the module doc) over them; None if none is loaded or one has not
+        started (it would take any budget). An int >= 1."""
+        pools = self.pools()
+        if not pools:
+            return None
+        most = 1
+        for pool in pools:
+            settings = self._thread.settings if pool.per_thread else self._process_settings
+            setting = settings.get(pool.key)
+            with pool.program_holds() as held:
+                current = pool.get()
+            if current is None:
+                return None
+            if held or setting is None or setting.applied is None or current != setting.applied:
+                program = current  # the program's own value (or, held, at most what it allows now)
+            else:
+                program = setting.program  # composepar's value is in the pool: the program's is kept
+            most = max(most, program)
+        return most
 
     def set_thread_budget(self, threads):
         """Applies `threads` to the per-thread pools, in the calling thread."""
@@ -417,11 +461,21 @@ def _numba_parallel():
     return module
 
 
-def _find_controllers(library_names):
-    """threadpoolctl's controllers, if any of the loaded `library_names` may
-    be one of its pools (see _POOL_LIBRARY_PREFIXES)."""
-    if "threadpoolctl" not in sys.modules and not any(
-            os.path.basename(name).startswith(_POOL_LIBRARY_PREFIXES) for name in library_names):
+def _pool_candidates(names):
+    """The `names` (loaded objects' paths) that may be a pool: threadpoolctl's
+    file name prefixes (its own list once imported, with any controller the
+    program registered), and libtbb. A frozenset, compared between scans."""
+    prefixes = _POOL_LIBRARY_PREFIXES
+    threadpoolctl = sys.modules.get("threadpoolctl")
+    if threadpoolctl is not None:
+        prefixes = prefixes + tuple(getattr(threadpoolctl, "_ALL_PREFIXES", ()))  # private in 3.8: read only
+    return frozenset(name for name in names if os.path.basename(name).startswith(prefixes))
+
+
+def _find_controllers(candidates):
+    """threadpoolctl's controllers, if any of the loaded libraries may be one
+    of its pools (`candidates`, see _pool_candidates)."""
+    if not any(not os.path.basename(name).startswith("libtbb.so") for name in candidates):
         return []
     import threadpoolctl
 
@@ -481,7 +535,7 @@ class _TbbControl:
 def _load_tbb():
     import ctypes
 
-    paths = [name for name in _loaded_library_names() if "/libtbb.so" in name]
+    paths = [name for name in _native.loaded_object_names()[1] if os.path.basename(name).startswith("libtbb.so")]
     for path in paths:
         try:
             library = ctypes.CDLL(path)
@@ -494,14 +548,6 @@ def _load_tbb():
 
 
 _tbb_control = _TbbControl()
-
-
-def _loaded_library_names():
-    try:
-        with open("/proc/self/maps") as maps:
-            return {line.rsplit(None, 1)[-1] for line in maps if ".so" in line}
-    except OSError:
-        return set()
 
 
 native_pools = NativePools()  # the process's one instance
@@ -534,7 +580,10 @@ class pool_worker_forks:
     def __exit__(self, *exc_info):
         with native_pools.lock:
             native_pools.fork_floor_holds -= 1
+            last = native_pools.fork_floor_holds == 0
         _forking.depth -= 1
+        if last and not native_pools.scopes_open():
+            native_pools.restore_process()  # no task's next apply will: the program's values now
 
 
 def _before_fork():

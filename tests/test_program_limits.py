@@ -347,3 +347,44 @@ def test_a_forked_pool_worker_restarts_no_blas_thread_its_budget_does_not_use(bu
         assert worker == {"inherited": [1], "helpers_at_start": 0, "helpers_after_blas": 0, "blas": [1]}, seen
     parent, child = seen["process"]
     assert child == parent, seen  # not a pool worker: it inherits the parent's count
+
+
+PINNED_PROGRAM = """
+    import json, multiprocessing, os
+    import numpy
+    import composepar
+
+    def task(_):
+        # The task's budget (not through limit(): a block's code may use the
+        # budget itself, which unpins the task), and the tokens free meanwhile.
+        from composepar import _task
+        threads = _task.current_budget()
+        free = composepar.Arbiter(os.environ["COMPOSEPAR_DOMAIN"]).stats().tokens_free
+        with composepar.limit() as block:  # the program asks: the policy's share again
+            free_in_block = composepar.Arbiter(os.environ["COMPOSEPAR_DOMAIN"]).stats().tokens_free
+            return [threads, free, block.threads, free_in_block]
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context("spawn").Pool(1) as pool:   # a lone task: the policy gives it every token
+            print(json.dumps(pool.map(task, range(2))))
+"""
+
+
+@pytest.mark.parametrize("pinned", [True, False], ids=["pinned-at-1", "free"])
+def test_a_task_the_program_pins_at_one_thread_leaves_the_tokens_to_others(budget, tmp_path, pinned):
+    """Every pool the worker loaded is held at 1 by the program (OPENBLAS_NUM_THREADS=1
+    in its environment, as loky and Dask's nanny do): the lease asks no extra
+    token, so the budget keeps the one it could never use, until a limit()
+    block in the task asks for the budget for the program's own code.
+    Unpinned, the same lone task takes both (the test's control)."""
+    script = tmp_path / "pinned.py"
+    script.write_text(textwrap.dedent(PINNED_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
+    if pinned:
+        environ["OPENBLAS_NUM_THREADS"] = "1"
+    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    # The parent's main thread waits (its lease is given back), the worker's task runs alone.
+    expected = [1, 1, 2, 0] if pinned else [2, 0, 2, 0]
+    assert json.loads(result.stdout) == [expected, expected]

@@ -108,6 +108,33 @@ std::uint64_t loaded_objects_generation() {
     return generation.value;
 }
 
+// The loaded objects' names (dlpi_name: the path they were loaded by; the
+// main program's is empty and left out), with the generation they belong to,
+// in one pass under the loader's lock. What /proc/self/maps would say, without
+// reading and parsing a file whose size grows with the process's mappings
+// (a process holding many arrays has thousands: ~8 ms a read, measured).
+struct LoadedNames {
+    LoadGeneration generation;  // as loaded_objects_generation() counts it
+    std::vector<std::string> names;
+};
+
+int read_loaded_names(struct dl_phdr_info* info, size_t size, void* data) {
+    auto* out = static_cast<LoadedNames*>(data);
+    if (out->generation.value == 0 && !out->generation.from_counters) {
+        read_load_generation(info, size, &out->generation);  // the first entry: the totals, or a count of 1
+    } else if (!out->generation.from_counters) {
+        ++out->generation.value;
+    }
+    if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') out->names.emplace_back(info->dlpi_name);
+    return 0;  // every entry: the names of all
+}
+
+std::tuple<std::uint64_t, std::vector<std::string>> loaded_object_names() {
+    LoadedNames out;
+    dl_iterate_phdr(read_loaded_names, &out);
+    return {out.generation.value, std::move(out.names)};
+}
+
 // Raises composepar._errors.<name>(message): the Python layer owns the classes.
 void raise_python(const char* name, const char* message) {
     nb::object cls = nb::module_::import_("composepar._errors").attr(name);
@@ -180,6 +207,8 @@ NB_MODULE(_arbiter, m) {
 
     m.def("loaded_objects_generation", &loaded_objects_generation,
           "A number that changes whenever a shared object is loaded or unloaded in this process.");
+    m.def("loaded_object_names", &loaded_object_names,
+          "(loaded_objects_generation(), the paths of the loaded shared objects), read in one pass.");
 
     nb::class_<Arbiter>(m, "Arbiter")
         .def(nb::init<std::string, std::uint32_t, std::uint32_t, std::string>(), "path"_a, "capacity"_a,
