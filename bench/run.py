@@ -12,13 +12,17 @@ suite-partial.* (suite-quick-partial.* with --quick). Only a full run replaces
 the committed full results.
 
 Every run is a fresh process, so modes never share a pool, a loaded library or
-a budget; the modes are interleaved so the machine's drift hits them alike::
+a budget; the modes are interleaved so the machine's drift hits them alike,
+and their order rotates by one each repeat, so that no mode always runs
+right after the same one (a run leaves the machine's memory and caches as
+it found them only roughly: dask_qr's page-fault time, for one, depends on
+what the run before freed)::
 
     runner (this script, idle while it waits)
     for each workload:
         physical limit: one process, 1 thread, each task alone  --> sum of task seconds / cores
         for each repeat:
-            for each mode:                          fresh process, started as the mode says
+            for each mode, rotated by the repeat:   fresh process, started as the mode says
                 python [-m composepar ...] run.py --child NAME PARAMS
                     workload.run(params), timed inside   --> "BENCH_RESULT {json}" on stdout
                 a non-zero exit is recorded as failed, with its stderr's first line
@@ -262,7 +266,8 @@ def run_workload(name, workload, params, args, domain):
         shown = f"{limit['seconds']:.3f} s ({limit['serial_seconds']:.3f} s single-threaded)" if limit["ok"] else \
             f"FAILED ({limit['error']}): {limit['stderr_last_line']}"
         print(f"  repeat {repeat + 1}/{args.repeats} {'physical limit':<18} {shown}", file=sys.stderr, flush=True)
-        for mode in modes:
+        shift = repeat % len(modes)
+        for mode in modes[shift:] + modes[:shift]:
             prefix, env = mode_command(mode, workload, params, args.cores, domain)
             outcome = run_child(prefix + [RUN_PY, "--child", name, json.dumps(params)], env, args.timeout)
             if mode.startswith("composepar"):
