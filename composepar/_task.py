@@ -18,9 +18,12 @@ would start while its submitter, not yet waiting, still held the machine.
 
 The refresher changes only per-process pools (OpenBLAS with pthreads,
 BLIS, MKL, TBB), which any thread may set and OpenBLAS reads at every
-call. It stays off while a per-thread pool (OpenMP, numba) is loaded: those
-can only be set from their own thread, so a budget that shrank mid-task
-could not be enforced there; they follow the budget at each task start.
+call, whatever else is loaded. Per-thread pools (OpenMP, numba) can only be
+set from their own thread: they follow the budget at each task start, and
+a task that set them above 1 is not refreshed (a budget that shrank
+mid-task could not be enforced there); one that set them to 1 is, as no
+shrink can take it below 1. A process whose only pools are per thread
+gives the refresher no lease to follow.
 
 A task's pools are set to ``min(budget, the program's own value)`` and put
 back when it ends (per-thread ones when the thread's scope closes,
@@ -119,7 +122,7 @@ class TaskScope:
     """
 
     __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
-                 "_usable", "_native_only", "cap")
+                 "_usable", "_native_only", "thread_pools_at", "cap")
 
     def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None,
                  native_only=False):
@@ -140,6 +143,11 @@ class TaskScope:
         # Only native pools use the budget (a pool's task, the launched main
         # thread): the program never sees it, unless a limit() block asks.
         self._native_only = native_only
+        # The budget last given to this thread's per-thread pools (OpenMP,
+        # numba), None if none is loaded: they can only be set from this
+        # thread, so while it is above 1 the lease is not refreshed (a shrink
+        # could not be enforced there; see follows()).
+        self.thread_pools_at = None
         self.cap = min(_thread.caps) if _thread.caps else None  # innermost limit() of the owner thread
 
     def budget(self):
@@ -227,8 +235,11 @@ class TaskScope:
 
     def follows(self):
         """True if the refresher has something to follow for this scope: a
-        lease that may grow or shrink (not one pinned at its own thread)."""
-        return self._lease is not None and (self._usable is None or self._usable > 1)
+        lease that may grow or shrink (not one pinned at its own thread), and
+        whose per-thread pools, set at its start, stay within any share it
+        could shrink to (they are at 1, or none is loaded)."""
+        return (self._lease is not None and (self._usable is None or self._usable > 1)
+                and (self.thread_pools_at is None or self.thread_pools_at <= 1))
 
     def _give_tokens_back(self):
         if self._lease is not None:
@@ -272,7 +283,8 @@ class TaskScope:
 
 def apply(scope):
     """Sets the calling thread's pools to the scope's budget, and the process's pools."""
-    native_pools.set_thread_budget(scope.budget())
+    budget = scope.budget()
+    scope.thread_pools_at = budget if native_pools.set_thread_budget(budget) else None
     _apply_process_budget()
 
 
@@ -293,13 +305,13 @@ def _start_running(scope):
     state = _process
     with state.lock:
         state.running[scope] = None
-    # A lease to follow wakes the refresher, unless a per-thread pool is
-    # loaded: leases are then followed at task starts only, and the refresher
-    # would find nothing to do and sleep again (_refresh_once). Not starting
+    # A lease to follow wakes the refresher, unless the only pools loaded are
+    # per thread: leases are then followed at task starts only, and the
+    # refresher would find nothing to do and sleep again (_refresh_once). Not starting
     # it spares a pool worker's first task a thread start (a wait for the new
     # thread to run, a scheduler tick on a busy machine). A pool's demand
     # wakes it from the submitting side (_hooks).
-    if scope.follows() and (_demand.has_demand() or not native_pools.has_per_thread_pools()):
+    if scope.follows() and (_demand.has_demand() or native_pools.follows_mid_task()):
         wake_refresher()
 
 
@@ -349,10 +361,11 @@ def _refresh_loop(state):
 def _refresh_once(state):
     if _demand.has_demand():
         _demand.republish()
-    # Per-thread pools can only be set by their own thread: while one is
-    # loaded, budgets follow at task starts only (see the module doc), and
-    # leases are not refreshed, so they give the refresher nothing to do.
-    follow_leases = not native_pools.has_per_thread_pools()
+    # Per-process pools follow the leases at every refresh, whatever else is
+    # loaded. Per-thread pools can only be set by their own thread: they
+    # follow at task starts, so a process whose only pools are per thread
+    # gives the refresher no lease to follow (its tokens would go unused).
+    follow_leases = native_pools.follows_mid_task()
     with state.lock:
         scopes = list(state.running)
         leases = follow_leases and any(scope.follows() for scope in scopes)
@@ -360,7 +373,8 @@ def _refresh_once(state):
             state.wake.clear()  # nothing to follow until the next lease or submit: sleep
     if scopes and follow_leases:
         for scope in scopes:
-            scope.refresh()
+            if scope.follows():
+                scope.refresh()
         _apply_process_budget(state)
 
 

@@ -358,9 +358,13 @@ class NativePools:
         self.pools()
         return self._any_process_pool
 
-    def has_per_thread_pools(self):
-        self.pools()
-        return self._any_per_thread_pool
+    def follows_mid_task(self):
+        """True if a task's lease is worth following between its start and end:
+        a per-process pool is loaded (set at every refresh), or no pool yet (the
+        task may load one). False while every pool loaded is per thread: those
+        follow at task starts only."""
+        pools = self.pools()
+        return not pools or self._any_process_pool
 
     def most_threads(self):
         """The most threads a task of the calling thread could run in the pools
@@ -386,14 +390,16 @@ class NativePools:
         return most
 
     def set_thread_budget(self, threads):
-        """Applies `threads` to the per-thread pools, in the calling thread."""
+        """Applies `threads` to the per-thread pools, in the calling thread.
+        Returns True if there is one (it may hold at most `threads` now)."""
         pools = self.pools()
         if not self._any_per_thread_pool:
-            return
+            return False
         settings = self._thread.settings
         for pool in pools:
             if pool.per_thread:
                 pool.apply(_setting_of(settings, pool), threads)
+        return True
 
     def restore_thread(self):
         """Puts the calling thread's per-thread pools back to the program's values."""

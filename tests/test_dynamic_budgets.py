@@ -1,0 +1,84 @@
+"""The dynamic policy in real programs: a task's native pools grow into the cores
+its neighbours free and shrink when a new claimant arrives, mid-task, whatever
+else the program has loaded.
+
+Each program runs under ``python -m composepar -n 2`` in a fresh interpreter.
+Its two pool tasks meet through multiprocessing Events (no sleeps): the long
+task reads its pool while both run (it must come down to its share, 1), lets
+the short task end, then keeps computing until its pool reaches 2 (or a
+deadline that only a hang reaches, and then reports what it saw).
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from composepar import usable_cpus
+
+TIMEOUT = 180  # seconds a program may take on a loaded machine before the test fails
+
+GROWTH_PROGRAM = """
+    import json, multiprocessing, sys, time
+    import numpy
+    if sys.argv[1] == "sklearn":
+        import sklearn.cluster  # loads scikit-learn's own libgomp: a per-thread runtime, unused by the tasks
+    from threadpoolctl import threadpool_info
+
+    DEADLINE = 120  # seconds; only a hang reaches it
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+
+    def compute_until(threads, a):
+        seen, end = [], time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            a @ a  # the task's own work: the budget follows at every refresh, mid-task
+            seen.append(blas_threads())
+            if seen[-1] == threads:
+                break
+        return seen[-1]
+
+    def init(started, observed):
+        global STARTED, OBSERVED
+        STARTED, OBSERVED = started, observed
+
+    def task(kind):
+        a = numpy.ones((200, 200))
+        if kind == "short":
+            STARTED.set()
+            OBSERVED.wait(DEADLINE)  # until the long task saw its share while both run
+            return None
+        STARTED.wait(DEADLINE)
+        both = compute_until(1, a)  # two tasks on two tokens: its share is 1
+        OBSERVED.set()
+        alone = compute_until(2, a)  # the short task ended: it grows into the freed core
+        return [both, alone]
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context(sys.argv[2])
+        started, observed = context.Event(), context.Event()
+        with context.Pool(2, initializer=init, initargs=(started, observed)) as pool:
+            results = pool.map(task, ["long", "short"], chunksize=1)
+        print(json.dumps(results[0]))
+"""
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs: a budget of 1 cannot grow")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+@pytest.mark.parametrize("loaded", ["nothing-else", "sklearn"])
+def test_a_long_tasks_blas_grows_when_its_neighbour_ends(domain, tmp_path, method, loaded):
+    """scikit-learn's import loads a per-thread runtime (its libgomp); the
+    per-process pools (a pthreads OpenBLAS) keep following the budget."""
+    if loaded == "sklearn":
+        pytest.importorskip("sklearn")
+    script = tmp_path / "growth.py"
+    script.write_text(textwrap.dedent(GROWTH_PROGRAM))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script), loaded,
+                             method], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [1, 2], result.stdout
