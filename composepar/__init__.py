@@ -17,6 +17,8 @@ _EXPORTS = {
     "ArbiterStats": "_stats",
     "ProcessStats": "_stats",
     "usable_cpus": "_cpus",
+    "get_include": "_capi",
+    "get_library": "_capi",
     "ArbiterError": "_errors",
     "CapacityMismatchError": "_errors",
     "WouldBlock": "_errors",
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
     from ._arbiter import Arbiter as Arbiter
     from ._arbiter import Lease as Lease
     from ._broken import BrokenPoolError as BrokenPoolError
+    from ._capi import get_include as get_include
+    from ._capi import get_library as get_library
     from ._cpus import usable_cpus as usable_cpus
     from ._errors import ArbiterError as ArbiterError
     from ._errors import CapacityMismatchError as CapacityMismatchError

@@ -109,7 +109,10 @@ def submit_to_executor(executor, original, fn, args, kwargs):
     estimate = _demand.before_submit(arbiter, executor, workers, new_tasks=1, executor=True)
     try:
         _task.suspend_current()
-        with _threadpools.pool_worker_forks():  # a submit may start the workers
+        if _forks_workers(executor):
+            with _threadpools.pool_worker_forks():  # a submit may start the workers
+                future = original(executor, task, *args, **kwargs)
+        else:
             future = original(executor, task, *args, **kwargs)
     except BaseException:
         _demand.after_submit(arbiter, executor, estimate)
@@ -246,13 +249,29 @@ _POOL_WORKER_LOOPS = frozenset({("multiprocessing.pool", "worker"), ("concurrent
                                 ("composepar._pools", "_run_worker")})
 
 
+def _forks_workers(executor):
+    """True if `executor` is a process executor that forks its workers."""
+    context = getattr(executor, "_mp_context", None)  # ProcessPoolExecutor's (and loky's, which never forks)
+    return context is not None and hasattr(context, "get_start_method") and _forks(context)
+
+
+def _forks(context):
+    """True if `context` (a multiprocessing context, or None: the default one)
+    starts processes with fork. Asking the default context fixes its start
+    method, as the process's start would a moment later."""
+    method = context.get_start_method() if context is not None else sys.modules["multiprocessing"].get_start_method()
+    return method == "fork"
+
+
 def _process_start(original):
     @functools.wraps(original)
     def patched(self):
         target = getattr(self, "_target", None)
         if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) in _POOL_WORKER_LOOPS:
-            with _threadpools.pool_worker_forks():
-                return original(self)
+            method = getattr(self, "_start_method", None)  # a context's Process class says; the default's does not
+            if method == "fork" or (method is None and _forks(None)):
+                with _threadpools.pool_worker_forks():
+                    return original(self)
         return original(self)
 
     return patched
@@ -264,13 +283,17 @@ def _patch_process(process):
 
 
 def _pool_init(original):
-    """Pool.__init__ starts all its workers: one pool_worker_forks() block
-    around them all, so the parent is not raised between two forks."""
+    """A process Pool's __init__ starts all its workers: under fork, one
+    pool_worker_forks() block around them all, so the parent is not raised
+    between two forks. (ThreadPool's goes through here too, and forks nothing.)"""
 
     @functools.wraps(original)
-    def patched(self, *args, **kwargs):
+    def patched(self, processes=None, initializer=None, initargs=(), maxtasksperchild=None, context=None,
+                **kwargs):
+        if isinstance(self, sys.modules["multiprocessing.pool"].ThreadPool) or not _forks(context):
+            return original(self, processes, initializer, initargs, maxtasksperchild, context, **kwargs)
         with _threadpools.pool_worker_forks():
-            return original(self, *args, **kwargs)
+            return original(self, processes, initializer, initargs, maxtasksperchild, context, **kwargs)
 
     return patched
 

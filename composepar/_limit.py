@@ -46,25 +46,28 @@ class limit:
         scope = _task.current_scope()
         if self.n is not None:
             caps.append(min(self.n, caps[-1]) if caps else self.n)
-        opened = None
+        opened = unpinned = None
         try:
             if scope is None:
                 extra = None if self.n is None else self.n - 1
                 opened = _task.TaskScope(extra_wanted=extra)
                 opened.__enter__()
             else:
-                scope.unpin()  # the block's code may use the budget, not only the native pools
+                if self.n is None or self.n > 1:
+                    # The block's code may use the budget itself, not only the
+                    # native pools: a pinned task asks its share again.
+                    unpinned = scope.unpin()
                 scope.cap = min(caps) if caps else None
                 _task.apply(scope)
         except BaseException:
             if self.n is not None and caps:
                 caps.pop()
             raise
-        self._frames().append(opened)
+        self._frames().append((opened, unpinned))
         return self
 
     def __exit__(self, *exc_info):
-        opened = self._frames().pop()
+        opened, unpinned = self._frames().pop()
         caps = _task.thread_caps()
         if self.n is not None and caps:
             caps.pop()
@@ -73,6 +76,8 @@ class limit:
             return
         scope = _task.current_scope()
         if scope is not None:
+            if unpinned is not None:
+                scope.repin(unpinned)
             scope.cap = min(caps) if caps else None
             _task.apply(scope)
 

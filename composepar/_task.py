@@ -67,6 +67,8 @@ class _ProcessState:
         self.refresher = None  # the refresher thread, started with the first lease
         self.wake = threading.Event()  # set while there are leases or pool demand to follow
         self.pool_worker = False  # True once it ran a task of another process's pool: pools kept between tasks
+        self.open_scopes = 0  # outer TaskScopes open in this process, running or waiting (>= len(running))
+        self.reapply = False  # the refresher applies the per-process budget at its next tick, then clears it
         # Set at exit: the refresher returns, cutting its pause short.
         self.stopped = threading.Event()
 
@@ -101,7 +103,25 @@ def current_budget():
 
 
 native_pools.thread_budget = current_budget  # a runtime started mid-task gets the task's budget
-native_pools.scopes_open = lambda: bool(_process.running) or _thread.scope is not None
+
+
+def _after_worker_forks():
+    """The process's last pool_worker_forks() block ended (_threadpools): the
+    pools it held at one thread get their budget back. With tasks running,
+    at the refresher's next tick (a submitter waits at once, and its wait
+    keeps them at 1: no helper is restarted for nothing); with scopes only
+    waiting, at their resume; with no scope open, the program's values now."""
+    state = _process
+    with state.lock:
+        running, open_scopes = bool(state.running), state.open_scopes
+        state.reapply = running
+    if running:
+        wake_refresher()
+    elif not open_scopes:
+        native_pools.restore_process()
+
+
+native_pools.after_worker_forks = _after_worker_forks
 
 
 def current_scope():
@@ -137,8 +157,9 @@ class TaskScope:
         # The most threads the pools loaded at the start can run for this task
         # (their program values: NativePools.most_threads); None: no ceiling
         # known (none loaded, or one not started), or the program's own code
-        # may use the budget (not native_only, or unpin()). Read when tokens
-        # are taken.
+        # may use the budget (not native_only, or unpin()). Read again each
+        # time tokens are taken (start, resume after a wait): a pool loaded or
+        # a limit changed by the program mid-task counts from the next wait.
         self._usable = None
         # Only native pools use the budget (a pool's task, the launched main
         # thread): the program never sees it, unless a limit() block asks.
@@ -172,6 +193,8 @@ class TaskScope:
         _thread.depth = 1
         _thread.scope = self
         self._outer = True
+        with _process.lock:
+            _process.open_scopes += 1
         try:
             self._open()
         except BaseException:
@@ -224,14 +247,26 @@ class TaskScope:
     def unpin(self):
         """The program's code asks for the budget (a limit() block in the task):
         the lease asks the policy's extra tokens again, whatever the native
-        pools' ceilings, for the rest of the scope."""
-        if self._usable is None:
-            return
-        self._usable = None
+        pools' ceilings, until repin() (waits included). Returns what repin()
+        needs: None if the budget was the program's already (nothing to undo)."""
+        if not self._native_only:
+            return None
+        pinned = self._usable
+        self._native_only, self._usable = False, None
         lease = self._lease
-        if lease is not None:
+        if lease is not None and pinned is not None:
             lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
             wake_refresher()
+        return (pinned,)
+
+    def repin(self, unpinned):
+        """Ends unpin(): only the native pools use the budget again.
+        `unpinned`: what unpin() returned (the ceiling then)."""
+        (pinned,) = unpinned
+        self._native_only, self._usable = True, pinned
+        lease = self._lease
+        if lease is not None and pinned is not None:
+            lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
 
     def follows(self):
         """True if the refresher has something to follow for this scope: a
@@ -250,6 +285,8 @@ class TaskScope:
             get_arbiter(self._domain).release(explicit)
 
     def _close(self):
+        with _process.lock:
+            _process.open_scopes -= 1
         _stop_running(self)
         self._give_tokens_back()
         native_pools.restore_thread()  # the scope's own thread: its per-thread pools get the program's values
@@ -369,12 +406,15 @@ def _refresh_once(state):
     with state.lock:
         scopes = list(state.running)
         leases = follow_leases and any(scope.follows() for scope in scopes)
+        reapply, state.reapply = state.reapply, False
         if not leases and not _demand.has_demand():
             state.wake.clear()  # nothing to follow until the next lease or submit: sleep
     if scopes and follow_leases:
         for scope in scopes:
             if scope.follows():
                 scope.refresh()
+        _apply_process_budget(state)
+    elif reapply:
         _apply_process_budget(state)
 
 

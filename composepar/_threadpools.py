@@ -318,10 +318,10 @@ class NativePools:
         # The calling thread's budget now, or None outside any task: set by
         # the task scopes' module (_task), which imports this one.
         self.thread_budget = lambda: None
-        # Whether a task scope is open in this process (running or waiting):
-        # set by _task too. Without one, nothing would put the pools back
-        # after a pool_worker_forks() block: its exit does.
-        self.scopes_open = lambda: False
+        # Called when the process's last pool_worker_forks() block exits, to
+        # give the lowered pools their budget again (set by _task: it knows
+        # the scopes; with none, the program's values come back at once).
+        self.after_worker_forks = self.restore_process
 
     def pools(self):
         """The pools found, rescanning only if a library was loaded since the last look."""
@@ -338,7 +338,7 @@ class NativePools:
         changed (most loads are a Python extension module: then nothing is
         redone), or numba's module came or went. Under self.lock."""
         generation, names = _native.loaded_object_names()
-        candidates = _pool_candidates(names)
+        candidates = _pool_candidates(map(os.fsdecode, names))
         parallel = _numba_parallel()
         if candidates != self._candidates or (parallel is not None) != self._numba_seen:
             pools = [_LibraryPool(c) for c in _find_controllers(candidates)]
@@ -369,25 +369,34 @@ class NativePools:
     def most_threads(self):
         """The most threads a task of the calling thread could run in the pools
         loaded now: the largest program value (the ceiling composepar keeps,
-        see the module doc) over them; None if none is loaded or one has not
-        started (it would take any budget). An int >= 1."""
-        pools = self.pools()
-        if not pools:
-            return None
-        most = 1
-        for pool in pools:
-            settings = self._thread.settings if pool.per_thread else self._process_settings
-            setting = settings.get(pool.key)
-            with pool.program_holds() as held:
-                current = pool.get()
-            if current is None:
+        see the module doc) over them; None if none is loaded, one has not
+        started (it would take any budget), or the program holds one now
+        (its value then is a temporary one). An int >= 1.
+
+        Under self.lock, like every read of a pool and its setting: the
+        lock is held across fork, so no thread of ours is inside
+        threadpoolctl's OpenBLAS lock when a child is made, and no apply
+        runs between this read of a pool and of its setting."""
+        with self.lock:
+            pools = self.pools()
+            if not pools:
                 return None
-            if held or setting is None or setting.applied is None or current != setting.applied:
-                program = current  # the program's own value (or, held, at most what it allows now)
-            else:
-                program = setting.program  # composepar's value is in the pool: the program's is kept
-            most = max(most, program)
-        return most
+            most = 1
+            for pool in pools:
+                settings = self._thread.settings if pool.per_thread else self._process_settings
+                with pool.program_holds() as held:
+                    if held:
+                        return None
+                    current = pool.get()
+                    setting = settings.get(pool.key)
+                    if current is None:
+                        return None
+                    if setting is None or setting.applied is None or current != setting.applied:
+                        program = current  # the program's own value
+                    else:
+                        program = setting.program  # composepar's value is in the pool: the program's is kept
+                most = max(most, program)
+            return most
 
     def set_thread_budget(self, threads):
         """Applies `threads` to the per-thread pools, in the calling thread.
@@ -432,12 +441,16 @@ class NativePools:
                     pool.apply(_setting_of(self._process_settings, pool), 1)
 
     def restore_process(self):
-        """Puts the per-process pools back to the program's values (no task runs)."""
+        """Puts the per-process pools back to the program's values (no task
+        runs), but for those held at one thread by an open pool_worker_forks()."""
         with self.lock:
             for pool in self.pools():
                 setting = self._process_settings.get(pool.key)
                 if not pool.per_thread and setting is not None:
-                    pool.restore(setting)
+                    if self.fork_floor_holds and pool.restarts_after_fork:
+                        pool.apply(setting, 1)
+                    else:
+                        pool.restore(setting)
 
     def describe(self):
         """One line per pool found: for --verbose."""
@@ -541,7 +554,8 @@ class _TbbControl:
 def _load_tbb():
     import ctypes
 
-    paths = [name for name in _native.loaded_object_names()[1] if os.path.basename(name).startswith("libtbb.so")]
+    paths = [os.fsdecode(name) for name in _native.loaded_object_names()[1]
+             if os.path.basename(name).startswith(b"libtbb.so")]
     for path in paths:
         try:
             library = ctypes.CDLL(path)
@@ -567,48 +581,69 @@ _forking = _Forking()
 
 
 class pool_worker_forks:
-    """Context manager around code that forks pool workers (a Pool's
-    constructor, an executor's submit, a worker's Process.start): each fork
-    the calling thread makes starts a worker with the pools that restart
-    after fork at one thread (module doc), and until the last block of the
-    process exits those pools stay at one in this process too, whatever
-    thread applies a budget (the refresher would otherwise raise them, and
-    restart their threads, between two forks of one pool)."""
+    """Context manager around code that forks pool workers (a fork Pool's
+    constructor, a fork executor's submit, a worker's Process.start under
+    fork): each fork the calling thread makes starts a worker with the pools
+    that restart after fork at one thread (module doc), and until the last
+    block of the process exits those pools stay at one in this process too,
+    whatever thread applies a budget (the refresher would otherwise raise
+    them, and restart their threads, between two forks of one pool). At the
+    last exit, after_worker_forks() gives them their budget back."""
 
-    __slots__ = ()
+    __slots__ = ("_pid",)
 
     def __enter__(self):
+        self._pid = os.getpid()
         _forking.depth += 1
         with native_pools.lock:
             native_pools.fork_floor_holds += 1
         return self
 
     def __exit__(self, *exc_info):
+        if os.getpid() != self._pid:
+            return  # a fork child leaving the block: its counts were reset at the fork
+        _forking.depth -= 1
         with native_pools.lock:
             native_pools.fork_floor_holds -= 1
             last = native_pools.fork_floor_holds == 0
-        _forking.depth -= 1
-        if last and not native_pools.scopes_open():
-            native_pools.restore_process()  # no task's next apply will: the program's values now
+        if last:
+            try:
+                native_pools.after_worker_forks()
+            except Exception as error:  # noqa: BLE001 - the workers are started: the pool must not fail for it
+                _warn_once(f"composepar: could not give the native pools their budget back after forking "
+                           f"pool workers ({type(error).__name__}: {error}); they follow it from the next task")
+
+
+_warned = set()  # messages of _warn_once already shown in this process
+
+
+def _warn_once(message):
+    if message not in _warned:
+        _warned.add(message)
+        import warnings
+
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
 
 def _before_fork():
     """Runs before every os.fork() of this process (before the lock handler
     below: the interpreter takes its own fork locks after all handlers).
-
-    threadpoolctl is imported once, before the first fork (module doc,
-    "Start-up cost"): a plain import. A fork that starts a pool worker
-    first lowers the pools that restart after fork to one thread."""
+    Only a fork that starts a pool worker (in a pool_worker_forks() block)
+    does anything: threadpoolctl is imported once, before the first such
+    fork (module doc, "Start-up cost"), a plain import; then the pools that
+    restart after fork go to one thread."""
+    if not _forking.depth:
+        return  # a plain fork costs what it costs in plain python
     if "threadpoolctl" not in sys.modules:
         try:
             import threadpoolctl  # noqa: F401
         except ImportError:  # an install without it: the scan says so where it needs it
             pass
-    if _forking.depth:
-        try:
-            native_pools.lower_before_worker_fork()
-        except Exception:  # noqa: BLE001 - an optimisation: never fail the program's fork for it
-            pass
+    try:
+        native_pools.lower_before_worker_fork()
+    except Exception as error:  # noqa: BLE001 - never fail the program's fork for it; say so once
+        _warn_once(f"composepar: could not lower the native pools before forking a pool worker "
+                   f"({type(error).__name__}: {error}); the worker may restart threads it does not use")
 
 
 def _new_lock_in_child():

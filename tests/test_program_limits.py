@@ -388,3 +388,137 @@ def test_a_task_the_program_pins_at_one_thread_leaves_the_tokens_to_others(budge
     # The parent's main thread waits (its lease is given back), the worker's task runs alone.
     expected = [1, 1, 2, 0] if pinned else [2, 0, 2, 0]
     assert json.loads(result.stdout) == [expected, expected]
+
+
+WAIT_IN_BLOCK_PROGRAM = """
+    import concurrent.futures, json, multiprocessing, os
+    import numpy
+    import composepar
+
+    def free():
+        return composepar.Arbiter(os.environ["COMPOSEPAR_DOMAIN"]).stats().tokens_free
+
+    def task(_):
+        from composepar import _task
+        seen = {"pinned": [_task.current_budget(), free()]}
+        with composepar.limit() as block:
+            with concurrent.futures.ThreadPoolExecutor(1) as inner:
+                inner.submit(int).result()  # a wait: the lease is given back, then taken again
+            seen["after_a_wait_in_the_block"] = [block.threads, free()]
+        with composepar.limit(1) as block:  # asks nothing beyond one thread: stays pinned
+            seen["limit_1"] = [block.threads, free()]
+        seen["after_the_blocks"] = [_task.current_budget(), free()]
+        return seen
+
+    if __name__ == "__main__":
+        with multiprocessing.get_context("spawn").Pool(1) as pool:
+            print(json.dumps(pool.map(task, range(1))[0]))
+"""
+
+
+def test_a_limit_block_in_a_pinned_task_asks_its_share_until_it_ends(budget, tmp_path):
+    """OPENBLAS_NUM_THREADS=1 pins the task; a limit() block in it asks the
+    policy's share for the program's own code, across waits in the block;
+    limit(1) asks nothing more; after the blocks the task is pinned again."""
+    script = tmp_path / "wait_in_block.py"
+    script.write_text(textwrap.dedent(WAIT_IN_BLOCK_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain, OPENBLAS_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"pinned": [1, 1], "after_a_wait_in_the_block": [2, 0], "limit_1": [1, 1],
+                                         "after_the_blocks": [1, 1]}
+
+
+PARENT_AFTER_POOL_PROGRAM = """
+    import json, multiprocessing, sys, time
+    import numpy
+    import sklearn.cluster  # its libgomp: a per-thread runtime, so the main thread's lease is not refreshed
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+
+    if __name__ == "__main__":
+        a = numpy.ones((200, 200))
+        before = blas_threads()
+        pool = multiprocessing.get_context(sys.argv[1]).Pool(2)  # forked workers inherit 1 (fork)
+        seen, end = [], time.monotonic() + 120  # only a hang reaches the deadline
+        while time.monotonic() < end:
+            a @ a  # the main thread computes before submitting anything, as plain python lets it
+            seen.append(blas_threads())
+            if seen[-1] == before:
+                break
+        pool.close()
+        pool.join()
+        print(json.dumps([before, seen[-1]]))
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_the_parent_gets_its_budget_back_after_forking_a_pool(budget, tmp_path, method):
+    """The parent's OpenBLAS is held at 1 while it forks pool workers; with
+    its main thread alone on the budget (2 tokens), it comes back to 2 without
+    a wait of the program's to apply it (its lease, with a per-thread runtime
+    loaded, is not refreshed). A spawn pool never lowers it."""
+    pytest.importorskip("sklearn")
+    script = tmp_path / "parent_after_pool.py"
+    script.write_text(textwrap.dedent(PARENT_AFTER_POOL_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
+    result = subprocess.run([sys.executable, "-m", "composepar", str(script), method], env=environ,
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [2, 2]
+
+
+NO_SCOPE_CHILD = """
+    import json, multiprocessing
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+
+    if __name__ == "__main__":
+        before = blas_threads()
+        with multiprocessing.get_context("fork").Pool(2) as pool:
+            after = blas_threads()  # no task scope in this process: the block's end restored it
+            pool.map(abs, range(4))
+        print(json.dumps([before, after]))
+"""
+
+
+def test_a_process_without_task_scopes_gets_its_values_back_after_forking_a_pool(budget, tmp_path):
+    """A Python child a launched program starts with subprocess has the hooks
+    (the .pth) and no scope of its own: after forking its pool, nothing else
+    would put back the OpenBLAS count its fork lowered."""
+    child = tmp_path / "child.py"
+    child.write_text(textwrap.dedent(NO_SCOPE_CHILD))
+    driver = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, {str(child)!r}]).returncode)"
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
+    result = subprocess.run([sys.executable, "-m", "composepar", "-c", driver], env=environ, capture_output=True,
+                            text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [2, 2]
+
+
+def test_the_loaded_objects_are_read_from_the_loader(domain, omp_kernel):
+    """loaded_object_names() agrees with loaded_objects_generation(), names a
+    library just loaded, and a load that adds no pool candidate rescans
+    nothing. In a fresh interpreter: the pytest process must not load libgomp."""
+    seen = run_program(f"""
+        import ctypes, ctypes.util, json, os
+        from composepar._native import _arbiter as native
+        from composepar._threadpools import native_pools
+
+        generation, names = native.loaded_object_names()
+        agrees = generation == native.loaded_objects_generation() and all(isinstance(n, bytes) for n in names)
+        before = native_pools.pools()
+        ctypes.CDLL(ctypes.util.find_library("z") or "libz.so.1")  # a library that is no pool
+        same = native_pools.pools() is before
+        ctypes.CDLL({omp_kernel!r})  # and libgomp with it: a pool candidate
+        names = [os.path.basename(n) for n in native.loaded_object_names()[1]]
+        print(json.dumps([agrees, same, os.path.basename({omp_kernel!r}).encode() in names,
+                          any(pool.name.startswith("openmp") for pool in native_pools.pools())]))
+    """, domain)
+    assert seen == [True, True, True, True]

@@ -116,23 +116,40 @@ std::uint64_t loaded_objects_generation() {
 struct LoadedNames {
     LoadGeneration generation;  // as loaded_objects_generation() counts it
     std::vector<std::string> names;
+    bool failed = false;  // an allocation failed: the walk stopped, the caller throws
 };
 
-int read_loaded_names(struct dl_phdr_info* info, size_t size, void* data) {
+// Called by dl_iterate_phdr under the dynamic loader's lock, which glibc
+// releases only when the walk returns: nothing may throw through it (a
+// later dlopen would deadlock), so a failed allocation stops the walk.
+int read_loaded_names(struct dl_phdr_info* info, size_t size, void* data) noexcept {
     auto* out = static_cast<LoadedNames*>(data);
     if (out->generation.value == 0 && !out->generation.from_counters) {
         read_load_generation(info, size, &out->generation);  // the first entry: the totals, or a count of 1
     } else if (!out->generation.from_counters) {
         ++out->generation.value;
     }
-    if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') out->names.emplace_back(info->dlpi_name);
+    if (info->dlpi_name != nullptr && info->dlpi_name[0] != '\0') {
+        try {
+            out->names.emplace_back(info->dlpi_name);
+        } catch (...) {
+            out->failed = true;
+            return 1;
+        }
+    }
     return 0;  // every entry: the names of all
 }
 
-std::tuple<std::uint64_t, std::vector<std::string>> loaded_object_names() {
+// Paths are bytes (a file name need not be UTF-8): the caller decodes them
+// with os.fsdecode, as Python does for any path.
+std::tuple<std::uint64_t, std::vector<nb::bytes>> loaded_object_names() {
     LoadedNames out;
     dl_iterate_phdr(read_loaded_names, &out);
-    return {out.generation.value, std::move(out.names)};
+    if (out.failed) throw std::bad_alloc();
+    std::vector<nb::bytes> names;
+    names.reserve(out.names.size());
+    for (const std::string& name : out.names) names.emplace_back(name.data(), name.size());
+    return {out.generation.value, std::move(names)};
 }
 
 // Raises composepar._errors.<name>(message): the Python layer owns the classes.
