@@ -2,10 +2,14 @@
 
 A pool worker (process or thread) runs each task inside a scope::
 
-    task starts --> lease = arbiter.lease()     own token + extras from free capacity
+    task starts --> lease = arbiter.lease()     own token + extras from free capacity, at most
+                                                what the loaded pools can run (a task the program
+                                                pins at 1 thread asks none: NativePools.most_threads)
                     native pools := budget      per-thread pools in this thread,
                                                 per-process pools := min over running tasks
     task runs   --> refresher (every 10 ms)     lease.refresh(); per-process pools follow
+                                                (TaskScope.follows: not a pinned task, nor one
+                                                whose per-thread pools were set above 1)
     task ends   --> lease.close()               tokens back; others pick them up
 
     budget = min(lease.threads, innermost composepar.limit() cap)

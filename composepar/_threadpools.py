@@ -1,8 +1,8 @@
 """Setting the thread count of every native pool loaded in this process.
 
-BLAS and OpenMP runtimes are found and driven through threadpoolctl: one
-cached ``ThreadpoolController``, rescanned only when a shared object was
-loaded or unloaded since the last look. numba is driven once its threading
+BLAS and OpenMP runtimes are found and driven through threadpoolctl: its
+controllers are made again only when the loaded libraries that may be pools
+changed since the last look ("Scan cost" below). numba is driven once its threading
 layer has started, oneTBB (``global_control``) when libtbb is loaded.
 
 Two kinds of pools::
@@ -56,8 +56,10 @@ plain python (bench omp_pool2, eig_processes). So a fork that starts a pool
 worker (in a pool_worker_forks() block, opened by the launcher's hooks)
 first sets such a pool to one thread, the floor of any budget: the worker
 inherits 1, and only a task whose budget is larger calls the setter, which
-it then needs. The parent's own count follows its next budget change after
-the block (the refresher's next tick, a task start or wait). A worker
+it then needs. When the process's last block ends, after_worker_forks()
+(set by _task) gives the parent its budget back: at the refresher's next
+tick if a task runs, at the resume of a waiting one, at once (the
+program's values) if no scope is open. A worker
 keeps its per-process pools between tasks (_task) so that a restart
 happens once.
 
