@@ -25,9 +25,11 @@ def install_if_launched():
     if os.environ.get("COMPOSEPAR_LAUNCHED") != "1":
         return
     try:
-        from . import _hooks
+        from . import _hooks, _task
 
         _hooks.install(static=os.environ.get("COMPOSEPAR_STATIC") == "1")
+        if not _started_by_multiprocessing():
+            _task.enter_main_thread()  # a Python program of the tree: its main thread holds a lease
     except Exception as error:  # noqa: BLE001 - degrade to an unhooked process, loudly
         warnings.warn(
             f"composepar: could not install its hooks in this process ({type(error).__name__}: {error}); "
@@ -35,3 +37,27 @@ def install_if_launched():
             RuntimeWarning,
             stacklevel=1,
         )
+
+
+# How multiprocessing and loky start their processes: `-c "from multiprocessing..."`
+# (spawn's children, the forkserver, the resource tracker) or `-m <loky's popen module>`.
+_MULTIPROCESSING_STARTS = ("from multiprocessing.", "joblib.externals.loky.", "loky.")
+
+
+def _started_by_multiprocessing():
+    """True if multiprocessing or loky started this interpreter: a worker
+    holds a lease while its target runs (or its tasks do, in a pool), which
+    the hooks decide when it runs; the forkserver and the resource tracker
+    hold none. On Python 3.9 (no sys.orig_argv) a `python -c` child cannot
+    be told apart from them and holds none either, as with plain python."""
+    import sys
+
+    if "--multiprocessing-fork" in sys.argv:
+        return True
+    argv = getattr(sys, "orig_argv", None)
+    if argv is None:
+        return sys.argv[:1] in (["-c"], ["-m"])
+    for flag in ("-c", "-m"):
+        if flag in argv[1:-1]:
+            return argv[argv.index(flag, 1) + 1].lstrip().startswith(_MULTIPROCESSING_STARTS)
+    return False

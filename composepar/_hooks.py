@@ -17,6 +17,13 @@
     numba's _launch_threads (its threading layer starting)
         -> the pool gets the launching thread's budget at once
 
+    Process.join, Popen.wait and communicate, multiprocessing.Queue.get
+        -> the waiting thread is idle, as above
+
+    Process._bootstrap (a multiprocessing child, every start method)
+        -> the child's main thread holds a lease while its target runs,
+           unless it runs a pool's worker loop (its tasks hold them)
+
     Pool.__init__, executors' submit, and multiprocessing's Process.start
     for the processes that run a pool's worker loop (Pool, ProcessPoolExecutor,
     composepar.Pool)
@@ -246,7 +253,9 @@ def _patch_executor(module, name="ProcessPoolExecutor", waits=True):
 
 # The functions a pool's worker process runs: (module, qualified name).
 _POOL_WORKER_LOOPS = frozenset({("multiprocessing.pool", "worker"), ("concurrent.futures.process", "_process_worker"),
-                                ("composepar._pools", "_run_worker")})
+                                ("composepar._pools", "_run_worker"),
+                                ("joblib.externals.loky.process_executor", "_process_worker"),
+                                ("loky.process_executor", "_process_worker")})
 
 
 def _forks_workers(executor):
@@ -277,9 +286,46 @@ def _process_start(original):
     return patched
 
 
+def _process_bootstrap(original):
+    """A multiprocessing child's run (every start method): the child holds a
+    lease for its main thread while its target runs, as a launched program's
+    main thread does, unless it runs a pool's worker loop (its tasks hold
+    leases, and between them it waits)."""
+
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        target = getattr(self, "_target", None)
+        if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) in _POOL_WORKER_LOOPS:
+            return original(self, *args, **kwargs)
+        _task.enter_main_thread()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            # The child leaves through os._exit (no atexit): the lease is
+            # closed here, so its tokens go back at once.
+            _task.exit_main_thread()
+
+    return patched
+
+
 def _patch_process(process):
-    """multiprocessing.process: BaseProcess.start (every context's Process derives from it)."""
+    """multiprocessing.process: BaseProcess.start and _bootstrap (every
+    context's Process derives from it), and join as a wait."""
     _patch(process.BaseProcess, "start", _process_start)
+    _patch(process.BaseProcess, "_bootstrap", _process_bootstrap)
+    _patch(process.BaseProcess, "join", _idle_while(lambda p: p._popen is None or p._popen.poll() is not None))
+
+
+def _patch_queues(queues):
+    """multiprocessing.queues: a worker blocked on Queue.get is idle (hand-made
+    workers fed by a queue wait there between jobs)."""
+    _patch(queues.Queue, "get", _idle_while())
+
+
+def _patch_subprocess(subprocess):
+    """subprocess: a thread waiting for a child (wait, communicate, run) is idle."""
+    _patch(subprocess.Popen, "wait", _idle_while(lambda p: p.returncode is not None))
+    _patch(subprocess.Popen, "communicate", _idle_while())
 
 
 def _pool_init(original):
@@ -302,6 +348,8 @@ def _pool_init(original):
 # loky's executor does not derive from the stdlib's: it is patched where it lives.
 _PATCHES = {
     "multiprocessing.process": _patch_process,
+    "multiprocessing.queues": _patch_queues,
+    "subprocess": _patch_subprocess,
     "multiprocessing.pool": _patch_multiprocessing_pool,
     "concurrent.futures._base": _patch_futures_base,
     "concurrent.futures.thread": functools.partial(_patch_executor, name="ThreadPoolExecutor"),

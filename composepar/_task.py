@@ -82,8 +82,9 @@ _arbiters = {}  # domain -> this process's Arbiter for it, made on first use
 
 
 def _reset_after_fork():
-    global _process
+    global _process, _main_scope
     _process = _ProcessState()
+    _main_scope = None
     _demand.reset_after_fork()
     _thread.scope, _thread.depth, _thread.caps = None, 0, []
 
@@ -424,8 +425,14 @@ def _refresh_once(state):
 
 @atexit.register
 def _stop_refresher():
-    """Stops the refresher before the interpreter finalizes: a daemon thread in
-    the middle of a native call when the runtime goes away can abort the process."""
+    """Closes the main thread's lease (its tokens back now, not when a later
+    call reaps this process) and stops the refresher before the interpreter
+    finalizes: a daemon thread in the middle of a native call when the
+    runtime goes away can abort the process."""
+    try:
+        exit_main_thread()
+    except Exception:  # noqa: BLE001 - at exit: the slot goes with the process anyway
+        pass
     state = _process
     with state.lock:
         state.stopped.set()
@@ -512,8 +519,25 @@ class Task:
         return f"composepar.Task({self.func!r})"
 
 
+_main_scope = None  # the scope enter_main_thread() opened in this process, until exit_main_thread()
+
+
 def enter_main_thread():
     """Opens the main thread's scope for the program's life: native calls
-    made outside pools get the main thread's lease. Idempotent."""
+    made outside pools get the main thread's lease. Idempotent. Closed by
+    exit_main_thread(), at the latest at interpreter exit: a process that
+    ends with its lease open counts as a claimant until someone reaps it."""
+    global _main_scope
     if _thread.scope is None:
-        TaskScope(native_only=True).__enter__()
+        scope = TaskScope(native_only=True)
+        scope.__enter__()
+        _main_scope = scope
+
+
+def exit_main_thread():
+    """Closes the scope enter_main_thread() opened, if the calling thread still
+    has it open (a fork child's is not its own: reset at the fork)."""
+    global _main_scope
+    scope, _main_scope = _main_scope, None
+    if scope is not None and _thread.scope is scope:
+        scope.__exit__(None, None, None)

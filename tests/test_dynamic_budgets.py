@@ -82,3 +82,129 @@ def test_a_long_tasks_blas_grows_when_its_neighbour_ends(domain, tmp_path, metho
                              method], capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [1, 2], result.stdout
+
+
+PROCESS_WORKERS_PROGRAM = """
+    import json, multiprocessing, sys, time
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    DEADLINE = 120  # seconds; only a hang reaches it
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+
+    def compute_until(threads, a):
+        seen, end = [], time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            a @ a
+            seen.append(blas_threads())
+            if seen[-1] == threads:
+                break
+        return seen[-1]
+
+    def worker(kind, started, observed, results):
+        a = numpy.ones((200, 200))
+        if kind == "short":
+            started.set()
+            compute_until(1, a)  # its share too, while both run
+            observed.wait(DEADLINE)
+            return
+        started.wait(DEADLINE)
+        both = compute_until(1, a)  # two processes on two tokens: its share is 1
+        observed.set()
+        alone = compute_until(2, a)  # the short one ended: the last one running gets the machine
+        results.put([both, alone])
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context(sys.argv[1])
+        started, observed, results = context.Event(), context.Event(), context.Queue()
+        workers = [context.Process(target=worker, args=(kind, started, observed, results))
+                   for kind in ("long", "short")]
+        for process in workers:
+            process.start()
+        print(json.dumps(results.get(timeout=DEADLINE)))
+        for process in workers:
+            process.join(DEADLINE)
+"""
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs: a budget of 1 cannot grow")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_hand_made_process_workers_share_the_budget(domain, tmp_path, method):
+    """multiprocessing.Process workers (no pool) each hold a lease for their
+    main thread: two on two tokens run one BLAS thread each, the last one
+    running gets both. With plain python each runs one per core."""
+    script = tmp_path / "workers.py"
+    script.write_text(textwrap.dedent(PROCESS_WORKERS_PROGRAM))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script), method],
+                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [1, 2], result.stdout
+
+
+SUBPROCESS_WORKER = """
+    import json, os, sys, time
+    import numpy
+    from threadpoolctl import threadpool_info
+
+    DEADLINE = 120
+
+    def blas_threads():
+        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
+
+    def compute_until(threads, a):
+        seen, end = [], time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            a @ a
+            seen.append(blas_threads())
+            if seen[-1] == threads:
+                break
+        return seen[-1]
+
+    kind, to_other, from_other = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    a = numpy.ones((200, 200))
+    if kind == "short":
+        os.write(to_other, b"s")  # started
+        compute_until(1, a)
+        os.read(from_other, 1)  # until the long one saw its share
+    else:
+        os.read(from_other, 1)
+        both = compute_until(1, a)
+        os.write(to_other, b"o")  # observed: the short one may end
+        print(json.dumps([both, compute_until(2, a)]))
+"""
+
+SUBPROCESS_DRIVER = """
+    import os, subprocess, sys
+    worker = sys.argv[1]
+    long_in, short_out = os.pipe()   # short -> long
+    short_in, long_out = os.pipe()   # long -> short
+    fds = (long_in, short_out, short_in, long_out)
+    short = subprocess.Popen([sys.executable, worker, "short", str(short_out), str(short_in)], pass_fds=fds)
+    long = subprocess.Popen([sys.executable, worker, "long", str(long_out), str(long_in)], pass_fds=fds,
+                            stdout=subprocess.PIPE, text=True)
+    for fd in fds:
+        os.close(fd)
+    out, _ = long.communicate()      # a wait: the driver's lease is given back meanwhile
+    short.wait()
+    sys.stdout.write(out)
+    sys.exit(long.returncode or short.returncode)
+"""
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs: a budget of 1 cannot grow")
+def test_python_programs_started_with_subprocess_share_the_budget(domain, tmp_path):
+    """Python worker programs a launched driver starts with subprocess hold a
+    lease for their main thread (the .pth installs the hooks); the driver,
+    waiting for them, holds none."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(textwrap.dedent(SUBPROCESS_WORKER))
+    driver = tmp_path / "driver.py"
+    driver.write_text(textwrap.dedent(SUBPROCESS_DRIVER))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(driver),
+                             str(worker)], capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == [1, 2], result.stdout
