@@ -99,6 +99,31 @@ def test_killed_holder_tokens_return_at_next_short_acquisition(domain, method, h
     assert arbiter.invariant_violations() == ""
 
 
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+@pytest.mark.parametrize("waited_for", [False, True], ids=["zombie", "reaped"])
+def test_a_killed_lease_holders_tokens_reach_a_survivor_that_only_refreshes(domain, method, waited_for):
+    """The survivor holds its own token and wants 2 more; the killed holder
+    held the other 2 and counted as a claimant. No request is ever short of
+    its own token, so nothing reaped it before: the survivor's lease must
+    grow to the whole capacity by refreshing alone, with no stats() or
+    reap() call (each reaps), within the sweep period."""
+    arbiter = Arbiter(domain, capacity=3)
+    holder = _start_holder(domain, method, "lease", 2)  # its lease: its own token and 1 extra
+    mine = arbiter.lease(2)
+    assert mine.threads == 1  # the last free token: its own
+    os.kill(holder.pid, signal.SIGKILL)
+    if waited_for:
+        holder.join(60)
+    else:
+        _wait_until(lambda: _process_state(holder.pid) in ("Z", None), f"holder {holder.pid} to die")
+    _wait_until(lambda: mine.refresh(2) == 3, "the survivor's lease to get the dead claimant's tokens")
+    mine.close()
+    holder.join(60)
+    stats = arbiter.stats()
+    assert stats.processes_reaped == 1 and stats.tokens_free == 3
+    assert arbiter.invariant_violations() == ""
+
+
 def test_waiters_get_the_tokens_of_a_holder_killed_while_they_wait(domain):
     arbiter = Arbiter(domain, capacity=2)
     holder = _start_holder(domain, "fork", "explicit", 2)

@@ -39,7 +39,11 @@
 // slot is dead when its lock is free AND /proc no longer shows a living
 // process with that pid and start time (a zombie counts as dead). Dead
 // slots are reaped, their tokens returned, whenever a request finds fewer
-// free tokens than its minimum, and every 100 ms by blocked waiters.
+// free tokens than its minimum, every 100 ms by blocked waiters, and by
+// the first lease or acquire call of the domain after kSweepEveryNs since
+// the last sweep, however many tokens are free (maybe_sweep_locked): a dead
+// process's claims (its leases, its pool's expected tasks) would otherwise
+// keep capping the survivors' fair share while tokens sit free.
 // A process that dies holding the mutex leaves it EOWNERDEAD: the next
 // locker recomputes the header's totals from the slots, the source of truth.
 #include "arbiter.hpp"
@@ -72,6 +76,7 @@ std::once_flag g_atfork_once;
 void on_fork_child() { g_fork_generation.fetch_add(1, std::memory_order_relaxed); }
 
 constexpr std::int64_t kWaitSliceNs = 100'000'000;  // blocked waiters reap and check interrupts this often
+constexpr std::int64_t kSweepEveryNs = 250'000'000;  // a dead claimant stops counting within this, once anyone calls
 
 std::uint32_t sub_sat(std::uint32_t a, std::uint32_t b) { return a > b ? a - b : 0; }
 
@@ -408,6 +413,14 @@ bool Arbiter::slot_is_alive(std::uint32_t index) const {
     return facts.exists && !facts.zombie && facts.start_time == s.owner_start_time;
 }
 
+bool Arbiter::maybe_sweep_locked(bool& freed_tokens) {
+    Header& h = m_segment->header;
+    const std::int64_t now = monotonic_ns();
+    if (now < static_cast<std::int64_t>(h.next_sweep_ns)) return false;
+    h.next_sweep_ns = static_cast<std::uint64_t>(now + kSweepEveryNs);  // one sweeper per period, under the mutex
+    return reap_locked(freed_tokens) > 0;
+}
+
 std::uint32_t Arbiter::reap_locked(bool& freed_tokens) {
     Header& h = m_segment->header;
     std::uint32_t reaped = 0;
@@ -497,6 +510,7 @@ std::uint32_t Arbiter::grant_cap(const Claim& mine, std::uint32_t wanted) const 
 std::uint32_t Arbiter::try_grant_explicit(Guard& guard, std::uint32_t min_tokens, std::uint32_t max_tokens,
                                           bool waiting, bool& freed_tokens) {
     Header& h = m_segment->header;
+    if (h.tokens_free >= min_tokens) maybe_sweep_locked(freed_tokens);  // the dead's claims must not cap the grant
     if (h.tokens_free < min_tokens) {
         reap_locked(freed_tokens);
         if (h.tokens_free < min_tokens) return 0;
@@ -648,7 +662,11 @@ std::uint64_t Arbiter::lease_open(std::uint32_t extra_wanted, std::int32_t pool_
     Guard guard(*this);
     Slot& s = own_slot(guard);
     bool freed = false;
-    if (h.tokens_free == 0) reap_locked(freed);  // too few for the thread's own token
+    if (h.tokens_free == 0) {
+        reap_locked(freed);  // too few for the thread's own token
+    } else {
+        maybe_sweep_locked(freed);
+    }
     if (freed) guard.wake_waiters_on_unlock();
     state.own_token = h.tokens_free > 0 ? 1 : 0;
     state.tokens_extra = 0;
@@ -697,6 +715,7 @@ void Arbiter::lease_refresh(std::uint64_t lease_epoch, std::uint32_t extra_wante
     Slot& s = own_slot(guard);
     const std::uint32_t held_before = state.own_token + state.tokens_extra;
     bool freed = false;
+    maybe_sweep_locked(freed);  // a dead claimant may hold, or cap, what this lease wants
     LeaseState next = state;
     next.extra_wanted = extra_wanted;
     if (!next.own_token) {

@@ -150,6 +150,9 @@ private:
     Slot& own_slot(Guard& guard);
     bool slot_is_alive(std::uint32_t index) const;
     std::uint32_t reap_locked(bool& freed_tokens);
+    // reap_locked() if kSweepEveryNs passed since the domain's last sweep
+    // (Header::next_sweep_ns); true if it reaped a process. Under the mutex.
+    bool maybe_sweep_locked(bool& freed_tokens);
     void repair_after_owner_death();
     // The caller's part of its own slot, taken out when the policy looks
     // for *other* claimants below their share.

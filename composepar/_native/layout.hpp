@@ -101,6 +101,12 @@ struct Header {
     std::uint32_t pool_unstarted_total;  // sum over slots of max(0, pool_demand - pool_leases_open)
     std::uint64_t tokens_reclaimed;   // tokens taken back from dead processes, ever
     std::uint64_t processes_reaped;   // dead processes whose slot was recycled, ever
+    // CLOCK_MONOTONIC ns before which no call sweeps for dead processes
+    // (arbiter.cpp, maybe_sweep_locked); 0 in a new segment: the first call
+    // sweeps. In what was the header's tail padding: same size, same ABI (a
+    // segment made before it has zeros there). The clock is the boot's: every
+    // process of a segment shares it (the pid rule already asks one kernel).
+    std::uint64_t next_sweep_ns;
 };
 
 struct Segment {
@@ -121,6 +127,7 @@ static_assert(offsetof(Header, capacity) == 24);
 static_assert(offsetof(Header, mutex) == 40);
 static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64/aarch64 mutex size assumed by the ABI");
 static_assert(offsetof(Header, wake_seq) == 128);
+static_assert(offsetof(Header, next_sweep_ns) == 176);
 static_assert(sizeof(Header) == 192, "Header layout changed: bump kAbiVersion");
 static_assert(offsetof(Segment, slots) == sizeof(Header));
 
