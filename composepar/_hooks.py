@@ -17,8 +17,10 @@
     numba's _launch_threads (its threading layer starting)
         -> the pool gets the launching thread's budget at once
 
-    Process.join, Popen.wait and communicate, multiprocessing.Queue.get
-        -> the waiting thread is idle, as above
+    Process.join, Popen.wait and communicate, multiprocessing.Queue.get,
+    selectors' select with a timeout (event loops)
+        -> the waiting thread is idle, as above (waits nest: the outermost
+           gives the lease back, and takes it again)
 
     Process._bootstrap (a multiprocessing child, every start method)
         -> the child's main thread holds a lease while its target runs,
@@ -322,6 +324,29 @@ def _patch_queues(queues):
     _patch(queues.Queue, "get", _idle_while())
 
 
+def _select(original):
+    """A selector's select with a timeout is a wait (an event loop's thread
+    between messages: a Dask or Ray worker's main thread, which holds the
+    process's main lease, waits there); a poll (timeout <= 0) is not."""
+
+    @functools.wraps(original)
+    def patched(self, timeout=None):
+        if timeout is not None and timeout <= 0:
+            return original(self, timeout)
+        with idle():
+            return original(self, timeout)
+
+    return patched
+
+
+def _patch_selectors(selectors):
+    """selectors: select() of every selector class that defines its own."""
+    for name in ("_PollLikeSelector", "EpollSelector", "SelectSelector", "KqueueSelector"):
+        selector = getattr(selectors, name, None)
+        if selector is not None and "select" in vars(selector):
+            _patch(selector, "select", _select)
+
+
 def _patch_subprocess(subprocess):
     """subprocess: a thread waiting for a child (wait, communicate, run) is idle."""
     _patch(subprocess.Popen, "wait", _idle_while(lambda p: p.returncode is not None))
@@ -350,6 +375,7 @@ _PATCHES = {
     "multiprocessing.process": _patch_process,
     "multiprocessing.queues": _patch_queues,
     "subprocess": _patch_subprocess,
+    "selectors": _patch_selectors,
     "multiprocessing.pool": _patch_multiprocessing_pool,
     "concurrent.futures._base": _patch_futures_base,
     "concurrent.futures.thread": functools.partial(_patch_executor, name="ThreadPoolExecutor"),

@@ -57,6 +57,7 @@ class _ThreadState(threading.local):
         self.scope = None  # the outermost open TaskScope of this thread, or None
         self.depth = 0  # TaskScopes open in this thread (nested ones reuse the outer lease)
         self.caps = []  # caps of the open composepar.limit() blocks, innermost last
+        self.waits = 0  # idle() blocks open in this thread: only the outermost gives tokens back
 
 
 _thread = _ThreadState()
@@ -86,7 +87,7 @@ def _reset_after_fork():
     _process = _ProcessState()
     _main_scope = None
     _demand.reset_after_fork()
-    _thread.scope, _thread.depth, _thread.caps = None, 0, []
+    _thread.scope, _thread.depth, _thread.caps, _thread.waits = None, 0, [], 0
 
 
 os.register_at_fork(after_in_child=_reset_after_fork)
@@ -458,13 +459,18 @@ class idle:
     __slots__ = ("_scope",)
 
     def __enter__(self):
-        scope = _thread.scope
+        # Only the outermost wait of a thread gives the tokens back and takes
+        # them again: a wait inside a wait (select() inside communicate())
+        # must not take them back while the outer one still waits.
+        _thread.waits += 1
+        scope = _thread.scope if _thread.waits == 1 else None
         self._scope = scope
         if scope is not None:
             scope.suspend()
         return self
 
     def __exit__(self, exc_type, exc, traceback):
+        _thread.waits -= 1
         if self._scope is None or _thread.scope is not self._scope:
             return
         if exc_type is None:

@@ -208,3 +208,62 @@ def test_python_programs_started_with_subprocess_share_the_budget(domain, tmp_pa
                              str(worker)], capture_output=True, text=True, timeout=TIMEOUT, env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == [1, 2], result.stdout
+
+
+EVENT_LOOP_PROGRAM = """
+    import json, os, selectors, threading, time
+    import composepar
+
+    def free():
+        return composepar.Arbiter(os.environ["COMPOSEPAR_DOMAIN"]).stats().tokens_free
+
+    def watcher(wake, seen):
+        end = time.monotonic() + 120  # only a hang reaches the deadline
+        while free() != 2 and time.monotonic() < end:
+            pass
+        seen.append(free())
+        os.write(wake, b"x")
+
+    if __name__ == "__main__":
+        import numpy  # a native pool: the main thread's lease sizes it
+        before = free()
+        r, w = os.pipe()
+        seen = []
+        threading.Thread(target=watcher, args=(w, seen)).start()
+        with selectors.DefaultSelector() as selector:  # as an event loop waits for its next message
+            selector.register(r, selectors.EVENT_READ)
+            selector.select(timeout=120)
+        print(json.dumps([before, seen[0], free()]))
+"""
+
+
+def test_an_event_loop_waiting_in_select_holds_no_token(domain, tmp_path):
+    """A Dask or Ray worker's main thread holds its process's lease and waits
+    in its event loop's select(): the tokens go back for the wait, and come
+    back after it. (A timeout-0 poll is no wait: not tested here.)"""
+    script = tmp_path / "loop.py"
+    script.write_text(textwrap.dedent(EVENT_LOOP_PROGRAM))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script)],
+                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr
+    before, waiting, after = json.loads(result.stdout)
+    assert before < 2 and waiting == 2 and after < 2, (before, waiting, after)
+
+
+def test_a_wait_inside_a_wait_leaves_the_tokens_to_the_outer_one(domain):
+    """select() inside communicate(), a Future's wait inside a pool's join:
+    only the outermost wait gives the lease back and takes it again."""
+    import composepar
+    from composepar import _task
+
+    arbiter = composepar.Arbiter(domain, capacity=2)
+    scope = _task.TaskScope(domain=domain)
+    with scope:
+        assert arbiter.stats().tokens_free < 2
+        with _task.idle():
+            with _task.idle():
+                assert arbiter.stats().tokens_free == 2
+            assert arbiter.stats().tokens_free == 2  # the inner wait ended, the outer one still waits
+        assert arbiter.stats().tokens_free < 2
+    assert arbiter.stats().tokens_free == 2

@@ -301,7 +301,8 @@ FORKED_WORKERS_PROGRAM = """
         return seen
 
     def child(queue):
-        queue.put(blas_threads())
+        from composepar import _task
+        queue.put([blas_threads()[0], _task.current_budget()])
 
     if __name__ == "__main__":
         fork = multiprocessing.get_context("fork")
@@ -329,8 +330,8 @@ def test_a_forked_pool_worker_restarts_no_blas_thread_its_budget_does_not_use(bu
     of 1 used to start a helper (spinning on a core its sibling needs) only to
     use none. Pool workers now inherit 1 thread, a task with 1 starts no
     helper; a task with a larger budget still gets it (the lone main thread's
-    lease has 2 tokens, the parent's count); a plain forked Process is left
-    as plain python leaves it."""
+    lease has 2 tokens, the parent's count); a plain forked Process is not
+    lowered: its main thread's own lease sizes its pools."""
     script = tmp_path / "forked_workers.py"
     script.write_text(textwrap.dedent(FORKED_WORKERS_PROGRAM))
     environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
@@ -340,13 +341,14 @@ def test_a_forked_pool_worker_restarts_no_blas_thread_its_budget_does_not_use(bu
     assert result.stderr == "", result.stderr
     seen = json.loads(result.stdout)
     assert seen["parent"] == [2], seen
-    for worker in seen["pool"] + seen["executor"] + seen["one_thread_tasks"]:
-        assert worker["inherited"] == [1], seen
-        assert worker["blas"][0] <= 2, seen
+    for group in ("pool", "executor", "one_thread_tasks"):
+        for worker in seen[group]:
+            assert worker["inherited"] == [1], (group, seen)
+            assert worker["blas"][0] <= 2, (group, seen)
     for worker in seen["one_thread_tasks"]:
         assert worker == {"inherited": [1], "helpers_at_start": 0, "helpers_after_blas": 0, "blas": [1]}, seen
-    parent, child = seen["process"]
-    assert child == parent, seen  # not a pool worker: it inherits the parent's count
+    _, (child_blas, child_budget) = seen["process"]
+    assert child_blas == child_budget, seen  # not a pool worker: its own lease for its main thread sizes it
 
 
 PINNED_PROGRAM = """
