@@ -29,7 +29,8 @@ def install_if_launched():
 
         _hooks.install(static=os.environ.get("COMPOSEPAR_STATIC") == "1")
         if not _started_by_multiprocessing():
-            _task.enter_main_thread()  # a Python program of the tree: its main thread holds a lease
+            # A Python program of the tree: its main thread holds a lease once it loads a native pool.
+            _task.enter_main_thread_with_pools()
     except Exception as error:  # noqa: BLE001 - degrade to an unhooked process, loudly
         warnings.warn(
             f"composepar: could not install its hooks in this process ({type(error).__name__}: {error}); "
@@ -40,16 +41,21 @@ def install_if_launched():
 
 
 # How multiprocessing and loky start their processes: `-c "from multiprocessing..."`
-# (spawn's children, the forkserver, the resource tracker) or `-m <loky's popen module>`.
-_MULTIPROCESSING_STARTS = ("from multiprocessing.", "joblib.externals.loky.", "loky.")
+# (spawn's children, the forkserver, the resource tracker), `-m <loky's popen
+# module>`, `-c "from joblib.externals.loky... import main"` (loky's resource
+# tracker); and composepar's own command line (`-m composepar status`, a
+# nested launcher: it takes its own lease).
+_MULTIPROCESSING_STARTS = ("from multiprocessing.", "joblib.externals.loky.", "loky.",
+                           "from joblib.externals.loky.", "from loky.", "composepar")
 
 
 def _started_by_multiprocessing():
-    """True if multiprocessing or loky started this interpreter: a worker
-    holds a lease while its target runs (or its tasks do, in a pool), which
-    the hooks decide when it runs; the forkserver and the resource tracker
-    hold none. On Python 3.9 (no sys.orig_argv) a `python -c` child cannot
-    be told apart from them and holds none either, as with plain python."""
+    """True if multiprocessing, loky or composepar's command line started
+    this interpreter: a multiprocessing worker holds a lease while its
+    target runs (or its tasks do, in a pool), which the hooks decide when it
+    runs; the forkserver and the resource trackers hold none. On Python 3.9
+    (no sys.orig_argv) a `python -c` or `-m` child cannot be told apart from
+    them and holds none either, as with plain python."""
     import sys
 
     if "--multiprocessing-fork" in sys.argv:

@@ -17,14 +17,15 @@
     numba's _launch_threads (its threading layer starting)
         -> the pool gets the launching thread's budget at once
 
-    Process.join, Popen.wait and communicate, multiprocessing.Queue.get,
-    selectors' select with a timeout (event loops)
+    Process.join, Popen.wait and communicate, a blocking multiprocessing.Queue.get,
+    a multiprocessing Connection's blocking recv and its poll with a timeout
         -> the waiting thread is idle, as above (waits nest: the outermost
            gives the lease back, and takes it again)
 
     Process._bootstrap (a multiprocessing child, every start method)
-        -> the child's main thread holds a lease while its target runs,
-           unless it runs a pool's worker loop (its tasks hold them)
+        -> the child's main thread holds a lease while its target runs, from
+           when a native pool is loaded, unless it runs a pool's worker loop
+           (its tasks hold them) or a multiprocessing manager's server
 
     Pool.__init__, executors' submit, and multiprocessing's Process.start
     for the processes that run a pool's worker loop (Pool, ProcessPoolExecutor,
@@ -288,26 +289,45 @@ def _process_start(original):
     return patched
 
 
+# Targets of multiprocessing children that hold no main-thread lease: a
+# manager's server (it serves requests and waits), composepar's own.
+_NO_MAIN_LEASE = frozenset({("multiprocessing.managers", "BaseManager._run_server")})
+
+
 def _process_bootstrap(original):
-    """A multiprocessing child's run (every start method): the child holds a
-    lease for its main thread while its target runs, as a launched program's
-    main thread does, unless it runs a pool's worker loop (its tasks hold
-    leases, and between them it waits)."""
+    """A multiprocessing child's run (every start method): the child's main
+    thread holds a lease while its target runs, from when a native pool is
+    loaded (_task.enter_main_thread_with_pools), as a launched program's
+    does; not in a pool's worker loop (its tasks hold leases, and between
+    them it waits) nor in a manager's server. Never raises for composepar:
+    the target runs whatever happens to the lease."""
 
     @functools.wraps(original)
     def patched(self, *args, **kwargs):
         target = getattr(self, "_target", None)
-        if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) in _POOL_WORKER_LOOPS:
+        key = (getattr(target, "__module__", None), getattr(target, "__qualname__", None))
+        if key in _POOL_WORKER_LOOPS or key in _NO_MAIN_LEASE:
             return original(self, *args, **kwargs)
-        _task.enter_main_thread()
+        _guarded(_task.enter_main_thread_with_pools)
         try:
             return original(self, *args, **kwargs)
         finally:
-            # The child leaves through os._exit (no atexit): the lease is
+            # A fork child leaves through os._exit (no atexit): the lease is
             # closed here, so its tokens go back at once.
-            _task.exit_main_thread()
+            _guarded(_task.exit_main_thread)
 
     return patched
+
+
+def _guarded(call):
+    """Runs `call`; a failure becomes one RuntimeWarning, never the program's."""
+    try:
+        call()
+    except Exception as error:  # noqa: BLE001 - the program runs without the lease rather than fail
+        import warnings
+
+        warnings.warn(f"composepar: {call.__name__} failed ({type(error).__name__}: {error}); this process's "
+                      f"main thread runs without a lease", RuntimeWarning, stacklevel=2)
 
 
 def _patch_process(process):
@@ -315,22 +335,37 @@ def _patch_process(process):
     context's Process derives from it), and join as a wait."""
     _patch(process.BaseProcess, "start", _process_start)
     _patch(process.BaseProcess, "_bootstrap", _process_bootstrap)
-    _patch(process.BaseProcess, "join", _idle_while(lambda p: p._popen is None or p._popen.poll() is not None))
+    _patch(process.BaseProcess, "join", _process_join)
 
 
-def _patch_queues(queues):
-    """multiprocessing.queues: a worker blocked on Queue.get is idle (hand-made
-    workers fed by a queue wait there between jobs)."""
-    _patch(queues.Queue, "get", _idle_while())
-
-
-def _select(original):
-    """A selector's select with a timeout is a wait (an event loop's thread
-    between messages: a Dask or Ray worker's main thread, which holds the
-    process's main lease, waits there); a poll (timeout <= 0) is not."""
-
+def _process_join(original):
     @functools.wraps(original)
     def patched(self, timeout=None):
+        if (timeout is not None and timeout <= 0) or self._popen is None or self._popen.poll() is not None:
+            return original(self, timeout)
+        with idle():
+            return original(self, timeout)
+
+    return patched
+
+
+def _connection_recv(original):
+    """A blocking receive on a multiprocessing Connection is a wait unless a
+    message is ready (a worker fed through a Pipe, or a Queue's reader)."""
+
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        if self.poll(0):
+            return original(self, *args, **kwargs)
+        with idle():
+            return original(self, *args, **kwargs)
+
+    return patched
+
+
+def _connection_poll(original):
+    @functools.wraps(original)
+    def patched(self, timeout=0.0):
         if timeout is not None and timeout <= 0:
             return original(self, timeout)
         with idle():
@@ -339,12 +374,29 @@ def _select(original):
     return patched
 
 
-def _patch_selectors(selectors):
-    """selectors: select() of every selector class that defines its own."""
-    for name in ("_PollLikeSelector", "EpollSelector", "SelectSelector", "KqueueSelector"):
-        selector = getattr(selectors, name, None)
-        if selector is not None and "select" in vars(selector):
-            _patch(selector, "select", _select)
+def _patch_connection(connection):
+    """multiprocessing.connection: blocking receives and polls with a timeout are waits."""
+    for name in ("recv", "recv_bytes", "recv_bytes_into"):
+        _patch(connection._ConnectionBase, name, _connection_recv)
+    _patch(connection._ConnectionBase, "poll", _connection_poll)
+
+
+def _patch_queues(queues):
+    """multiprocessing.queues: a worker blocked on Queue.get is idle (hand-made
+    workers fed by a queue wait there between jobs); a get that cannot wait
+    (block=False, timeout <= 0, an item ready) is not."""
+    _patch(queues.Queue, "get", _queue_get)
+
+
+def _queue_get(original):
+    @functools.wraps(original)
+    def patched(self, block=True, timeout=None):
+        if not block or (timeout is not None and timeout <= 0) or not self._rlock or self._poll():
+            return original(self, block, timeout)
+        with idle():
+            return original(self, block, timeout)
+
+    return patched
 
 
 def _patch_subprocess(subprocess):
@@ -374,8 +426,8 @@ def _pool_init(original):
 _PATCHES = {
     "multiprocessing.process": _patch_process,
     "multiprocessing.queues": _patch_queues,
+    "multiprocessing.connection": _patch_connection,
     "subprocess": _patch_subprocess,
-    "selectors": _patch_selectors,
     "multiprocessing.pool": _patch_multiprocessing_pool,
     "concurrent.futures._base": _patch_futures_base,
     "concurrent.futures.thread": functools.partial(_patch_executor, name="ThreadPoolExecutor"),
@@ -419,6 +471,8 @@ class _PatchOnImport:
     (Not an importlib.abc subclass: importing importlib.abc costs ~5 ms.)"""
 
     def find_spec(self, name, path, target=None):
+        if _task._main_pending:
+            _task.main_thread_pools_maybe_loaded()  # the import before this one may have loaded a native pool
         if name not in _PATCHES or name in _patched_modules:
             return None
         for finder in sys.meta_path:

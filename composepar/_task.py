@@ -83,9 +83,10 @@ _arbiters = {}  # domain -> this process's Arbiter for it, made on first use
 
 
 def _reset_after_fork():
-    global _process, _main_scope
+    global _process, _main_scope, _main_pending
     _process = _ProcessState()
     _main_scope = None
+    _main_pending = False
     _demand.reset_after_fork()
     _thread.scope, _thread.depth, _thread.caps, _thread.waits = None, 0, [], 0
 
@@ -460,13 +461,17 @@ class idle:
 
     def __enter__(self):
         # Only the outermost wait of a thread gives the tokens back and takes
-        # them again: a wait inside a wait (select() inside communicate())
-        # must not take them back while the outer one still waits.
+        # them again: a wait inside a wait (a Future's wait inside a pool's
+        # join) must not take them back while the outer one still waits.
         _thread.waits += 1
         scope = _thread.scope if _thread.waits == 1 else None
         self._scope = scope
         if scope is not None:
-            scope.suspend()
+            try:
+                scope.suspend()
+            except BaseException:
+                _thread.waits -= 1
+                raise
         return self
 
     def __exit__(self, exc_type, exc, traceback):
@@ -538,6 +543,33 @@ def enter_main_thread():
         scope = TaskScope(native_only=True)
         scope.__enter__()
         _main_scope = scope
+
+
+_main_pending = False  # enter_main_thread_with_pools() waits for a native pool to load in this process
+
+
+def enter_main_thread_with_pools():
+    """For a Python process of the launched tree other than the launcher (a
+    multiprocessing child, a subprocess): its main thread holds a lease once
+    a native pool is loaded here, at once if one is. A process that never
+    loads one (a server, a helper that sleeps or waits) takes no token and
+    caps no one's share. Call in the main thread."""
+    global _main_pending
+    if native_pools.has_pool_candidates():
+        enter_main_thread()
+    else:
+        _main_pending = True
+
+
+def main_thread_pools_maybe_loaded():
+    """Called at each import (the hooks' finder): an import is how a Python
+    process loads a native pool. Opens the pending main-thread lease once a
+    pool is loaded, in the main thread. ~1 us otherwise."""
+    global _main_pending
+    if _main_pending and threading.get_ident() == threading.main_thread().ident \
+            and native_pools.has_pool_candidates():
+        _main_pending = False  # first: the scope's own imports come back here
+        enter_main_thread()
 
 
 def exit_main_thread():

@@ -306,6 +306,8 @@ class NativePools:
         self.lock = threading.RLock()  # guards the fields below and per-process settings
         self._objects_seen = -1  # loaded_objects_generation() at the last scan
         self._candidates = None  # the loaded libraries that may be pools, at the last scan (_pool_candidates)
+        self._candidates_seen = -1  # loaded_objects_generation() at has_pool_candidates()'s last look
+        self._any_candidate = False  # its answer then
         self._pools = []  # a _Pool for each pool found
         self._process_settings = {}  # pool key -> _Setting, for per-process pools
         self._thread = _ThreadSettings()
@@ -359,6 +361,16 @@ class NativePools:
         """True if some pool here is set per process (OpenBLAS pthreads, BLIS, MKL, TBB)."""
         self.pools()
         return self._any_process_pool
+
+    def has_pool_candidates(self):
+        """True if a loaded library may be a native pool (no threadpoolctl
+        call: the loader's names against its prefixes). One loader call when
+        nothing was loaded since the last look."""
+        generation = _native.loaded_objects_generation()
+        if generation != self._candidates_seen:
+            self._candidates_seen = generation
+            self._any_candidate = bool(_pool_candidates(map(os.fsdecode, _native.loaded_object_names()[1])))
+        return self._any_candidate
 
     def follows_mid_task(self):
         """True if a task's lease is worth following between its start and end:
