@@ -416,18 +416,28 @@ bool Arbiter::slot_is_alive(std::uint32_t index) const {
 bool Arbiter::maybe_sweep_locked(bool& freed_tokens) {
     Header& h = m_segment->header;
     const std::int64_t now = monotonic_ns();
-    if (now < static_cast<std::int64_t>(h.next_sweep_ns)) return false;
+    const auto next = static_cast<std::int64_t>(h.next_sweep_ns);
+    // Not due yet, unless the next sweep is further than a period away: a
+    // process whose clock is ahead (another time namespace) set it, and it
+    // must not silence the sweep for everyone else.
+    if (now < next && next - now <= kSweepEveryNs) return false;
     h.next_sweep_ns = static_cast<std::uint64_t>(now + kSweepEveryNs);  // one sweeper per period, under the mutex
-    return reap_locked(freed_tokens) > 0;
+    return reap_locked(freed_tokens, /*claims_only=*/true) > 0;
 }
 
-std::uint32_t Arbiter::reap_locked(bool& freed_tokens) {
+std::uint32_t Arbiter::reap_locked(bool& freed_tokens, bool claims_only) {
     Header& h = m_segment->header;
     std::uint32_t reaped = 0;
     const std::uint32_t used = std::min(h.slots_used, kSlotCount);
     for (std::uint32_t i = 0; i < used; ++i) {
         Slot& s = m_segment->slots[i];
-        if (s.owner_pid == 0 || slot_is_alive(i)) continue;
+        if (s.owner_pid == 0) continue;
+        // The periodic sweep looks only at slots that hold or claim something
+        // (each liveness test is a syscall under the mutex); an empty dead
+        // slot is recycled when a registration needs it.
+        if (claims_only && s.tokens_held == 0 && claimants(s) == 0 && s.tokens_wanted == 0 && s.pool_demand == 0)
+            continue;
+        if (slot_is_alive(i)) continue;
         if (s.tokens_held > 0) freed_tokens = true;
         uncount_for_owner(s, s.pool_owner, s.pool_owner_pid, s.leases_for_owner);
         h.tokens_reclaimed += s.tokens_held;

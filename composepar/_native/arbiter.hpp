@@ -149,7 +149,8 @@ private:
     void register_slot(Guard& guard);
     Slot& own_slot(Guard& guard);
     bool slot_is_alive(std::uint32_t index) const;
-    std::uint32_t reap_locked(bool& freed_tokens);
+    // claims_only: skip the slots that hold and claim nothing (the periodic sweep).
+    std::uint32_t reap_locked(bool& freed_tokens, bool claims_only = false);
     // reap_locked() if kSweepEveryNs passed since the domain's last sweep
     // (Header::next_sweep_ns); true if it reaped a process. Under the mutex.
     bool maybe_sweep_locked(bool& freed_tokens);
