@@ -149,6 +149,7 @@ def _detach_all():
 
 
 Lease = _native.Lease  # the native class: see its docstring
+_MAX_PID = 1 << 22  # Linux's PID_MAX_LIMIT: no pid is larger
 
 
 class Arbiter:
@@ -224,6 +225,7 @@ class Arbiter:
             self._check_request(max_tokens, min_tokens)
         if min_tokens > self._capacity:
             self._check_request(max_tokens, min_tokens)
+        max_tokens = min(max_tokens, self._capacity)  # never more can be granted; keeps the core's u32 safe
         if timeout is None:
             timeout_ns = -1
         elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
@@ -249,6 +251,7 @@ class Arbiter:
             self._check_request(max_tokens, min_tokens)
         if min_tokens > self._capacity:
             self._check_request(max_tokens, min_tokens)
+        max_tokens = min(max_tokens, self._capacity)
         try:
             granted = self._handle.acquire_nowait(min_tokens, max_tokens)
         except SegmentRetiredError:
@@ -260,9 +263,12 @@ class Arbiter:
 
     def release(self, n: int) -> None:
         """Gives back ``n`` tokens taken with ``acquire``; more than held is a ValueError."""
-        if type(n) is not int or n < 0:
+        if type(n) is not int or not 0 <= n <= _native.MAX_CAPACITY:
             if isinstance(n, bool) or not isinstance(n, int):
                 raise TypeError(f"n must be an int; got {n!r} instead")
+            if n > _native.MAX_CAPACITY:
+                raise ValueError(f"cannot release {n} tokens: no budget has more than {_native.MAX_CAPACITY} "
+                                 f"(this one has {self._capacity})")
             raise ValueError(f"n must be >= 0; got {n!r} instead")
         self._handle.release(n)
 
@@ -296,6 +302,11 @@ class Arbiter:
             extra_wanted = self._capacity - 1
         elif type(extra_wanted) is not int or extra_wanted < 0:
             raise ValueError(f"extra_wanted must be an int >= 0; got {extra_wanted!r} instead")
+        else:
+            extra_wanted = min(extra_wanted, self._capacity - 1)  # never more can be granted (the core sums them)
+        if type(pool_owner_pid) is not int or not 0 <= pool_owner_pid <= _MAX_PID:
+            raise ValueError(f"pool_owner_pid must be 0 (no pool) or a pid, at most {_MAX_PID}; "
+                             f"got {pool_owner_pid!r} instead")
         try:
             return self._handle.open_lease(extra_wanted, pool_owner_pid)
         except SegmentRetiredError:
@@ -310,8 +321,9 @@ class Arbiter:
         a lone task (demand 1) gets the whole budget. Leases opened with
         ``pool_owner_pid`` equal to this process's pid count against it.
         """
-        if type(tasks) is not int or tasks < 0:
-            raise ValueError(f"tasks must be an int >= 0; got {tasks!r} instead")
+        if type(tasks) is not int or not 0 <= tasks <= _native.MAX_CAPACITY:
+            raise ValueError(f"tasks must be an int between 0 and {_native.MAX_CAPACITY} (more tasks at once "
+                             f"than the largest budget's tokens count as that many); got {tasks!r} instead")
         try:
             self._handle.set_pool_demand(tasks)
         except SegmentRetiredError:

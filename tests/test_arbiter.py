@@ -111,6 +111,11 @@ def test_releasing_more_than_held_is_a_value_error(domain):
         (lambda a: a.release(-1), ValueError, "n must be >= 0"),
         (lambda a: a.release("1"), TypeError, "n must be an int"),
         (lambda a: a.lease(-1), ValueError, "extra_wanted must be an int >= 0"),
+        (lambda a: a.lease(1, pool_owner_pid=2**40), ValueError, "pool_owner_pid must be 0 .no pool. or a pid"),
+        (lambda a: a.lease(1, pool_owner_pid=-3), ValueError, "pool_owner_pid must be"),
+        (lambda a: a.release(2**33), ValueError, "cannot release 8589934592 tokens: no budget has more than"),
+        (lambda a: a.set_pool_demand(2**33), ValueError, "tasks must be an int between 0 and 65536"),
+        (lambda a: a.set_pool_demand(-1), ValueError, "tasks must be an int between 0 and"),
     ],
 )
 def test_bad_arguments_name_the_problem(domain, call, error, message):
@@ -118,6 +123,23 @@ def test_bad_arguments_name_the_problem(domain, call, error, message):
     with pytest.raises(error, match=message):
         call(arbiter)
     assert arbiter.stats().tokens_free == 4
+
+
+@pytest.mark.parametrize("call", [lambda a: a.lease(2**40), lambda a: a.acquire(2**40),
+                                  lambda a: a.acquire_nowait(2**40)], ids=["lease", "acquire", "acquire_nowait"])
+def test_asking_for_more_than_the_capacity_gets_the_capacity(domain, call):
+    """A huge ask is clamped to what can be granted, never passed to the core
+    (its counters are 32-bit sums over processes)."""
+    arbiter = Arbiter(domain, capacity=4)
+    granted = call(arbiter)
+    if isinstance(granted, int):
+        assert granted == 4
+        arbiter.release(granted)
+    else:
+        assert granted.threads == 4
+        granted.close()
+    assert arbiter.stats().tokens_free == 4
+    assert arbiter.invariant_violations() == ""
 
 
 @pytest.mark.parametrize(
