@@ -217,8 +217,11 @@ class Arbiter:
     def acquire(self, max_tokens: int, *, min_tokens: int = 1, timeout: Optional[float] = None) -> int:
         """Waits until at least ``min_tokens`` can be granted; returns the count granted.
 
-        Grants up to ``max_tokens`` within the fair share. Raises
-        ``TimeoutError`` after ``timeout`` seconds (None: wait forever).
+        Grants up to ``max_tokens`` (more than the capacity is asked as the
+        capacity) within the fair share. Raises ``TimeoutError`` after
+        ``timeout`` seconds (None: wait forever); TypeError or ValueError,
+        naming the rule, for a non-int or a ``min_tokens`` outside
+        1..min(max_tokens, capacity).
         The wait sleeps on a futex and lets KeyboardInterrupt through.
         """
         if type(max_tokens) is not int or type(min_tokens) is not int or not 0 < min_tokens <= max_tokens:
@@ -288,9 +291,11 @@ class Arbiter:
         """Opens a lease for the calling thread; never blocks.
 
         ``extra_wanted``: extra tokens to ask for beyond the thread's own
-        (default: capacity - 1, i.e. as many as the policy gives).
-        ``pool_owner_pid``: for a pool's task, the pid of the process that
-        submitted it (see ``set_pool_demand``); 0 for none.
+        (default: capacity - 1, i.e. as many as the policy gives; more is
+        asked as capacity - 1). ``pool_owner_pid``: for a pool's task, the pid
+        of the process that submitted it (see ``set_pool_demand``); 0 for none.
+        Raises ValueError for a negative ``extra_wanted`` or a
+        ``pool_owner_pid`` outside 0..2**22 (Linux's PID_MAX_LIMIT).
 
         A lease counts tokens of the budget. The task scopes that size native
         pools from it (the launcher's hooks, ``limit``, the drop-in pools)
