@@ -21,11 +21,28 @@ from composepar import usable_cpus
 
 TIMEOUT = 180  # seconds a program may take on a loaded machine before the test fails
 
-GROWTH_PROGRAM = """
-    import json, multiprocessing, sys, time
-    import numpy
-    if sys.argv[1] == "sklearn":
-        import sklearn.cluster  # loads scikit-learn's own libgomp: a per-thread runtime, unused by the tasks
+
+def write(tmp_path, name, program):
+    """`program` (indented source) as the file `name` in `tmp_path`; returns its path as a str."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(program))
+    return str(path)
+
+
+def launched(domain, script, *args):
+    """Runs `script` with `args` under ``python -m composepar -n 2`` in `domain`, in
+    an environment without the caller's COMPOSEPAR_ variables; returns its stdout
+    parsed as JSON, after checking that it exited 0."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
+    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, script, *args],
+                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+# What each program measures with: its OpenBLAS count, read from the library,
+# and its own work repeated until that count reaches a value.
+MEASURE = """
+    import time
     from threadpoolctl import threadpool_info
 
     DEADLINE = 120  # seconds; only a hang reaches it
@@ -41,7 +58,14 @@ GROWTH_PROGRAM = """
             if seen[-1] == threads:
                 break
         return seen[-1]
+"""
 
+GROWTH_PROGRAM = """
+    import json, multiprocessing, sys
+    import numpy
+    if sys.argv[1] == "sklearn":
+        import sklearn.cluster  # loads scikit-learn's own libgomp: a per-thread runtime, unused by the tasks
+""" + MEASURE + """
     def init(started, observed):
         global STARTED, OBSERVED
         STARTED, OBSERVED = started, observed
@@ -75,34 +99,13 @@ def test_a_long_tasks_blas_grows_when_its_neighbour_ends(domain, tmp_path, metho
     per-process pools (a pthreads OpenBLAS) keep following the budget."""
     if loaded == "sklearn":
         pytest.importorskip("sklearn")
-    script = tmp_path / "growth.py"
-    script.write_text(textwrap.dedent(GROWTH_PROGRAM))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
-    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script), loaded,
-                             method], capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [1, 2], result.stdout
+    assert launched(domain, write(tmp_path, "growth.py", GROWTH_PROGRAM), loaded, method) == [1, 2]
 
 
 PROCESS_WORKERS_PROGRAM = """
-    import json, multiprocessing, sys, time
+    import json, multiprocessing, sys
     import numpy
-    from threadpoolctl import threadpool_info
-
-    DEADLINE = 120  # seconds; only a hang reaches it
-
-    def blas_threads():
-        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
-
-    def compute_until(threads, a):
-        seen, end = [], time.monotonic() + DEADLINE
-        while time.monotonic() < end:
-            a @ a
-            seen.append(blas_threads())
-            if seen[-1] == threads:
-                break
-        return seen[-1]
-
+""" + MEASURE + """
     def worker(kind, started, observed, results):
         a = numpy.ones((200, 200))
         if kind == "short":
@@ -135,34 +138,13 @@ def test_hand_made_process_workers_share_the_budget(domain, tmp_path, method):
     """multiprocessing.Process workers (no pool) each hold a lease for their
     main thread: two on two tokens run one BLAS thread each, the last one
     running gets both. With plain python each runs one per core."""
-    script = tmp_path / "workers.py"
-    script.write_text(textwrap.dedent(PROCESS_WORKERS_PROGRAM))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
-    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script), method],
-                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [1, 2], result.stdout
+    assert launched(domain, write(tmp_path, "workers.py", PROCESS_WORKERS_PROGRAM), method) == [1, 2]
 
 
 SUBPROCESS_WORKER = """
-    import json, os, sys, time
+    import json, os, sys
     import numpy
-    from threadpoolctl import threadpool_info
-
-    DEADLINE = 120
-
-    def blas_threads():
-        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
-
-    def compute_until(threads, a):
-        seen, end = [], time.monotonic() + DEADLINE
-        while time.monotonic() < end:
-            a @ a
-            seen.append(blas_threads())
-            if seen[-1] == threads:
-                break
-        return seen[-1]
-
+""" + MEASURE + """
     kind, to_other, from_other = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     a = numpy.ones((200, 200))
     if kind == "short":
@@ -199,15 +181,8 @@ def test_python_programs_started_with_subprocess_share_the_budget(domain, tmp_pa
     """Python worker programs a launched driver starts with subprocess hold a
     lease for their main thread (the .pth installs the hooks); the driver,
     waiting for them, holds none."""
-    worker = tmp_path / "worker.py"
-    worker.write_text(textwrap.dedent(SUBPROCESS_WORKER))
-    driver = tmp_path / "driver.py"
-    driver.write_text(textwrap.dedent(SUBPROCESS_DRIVER))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
-    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(driver),
-                             str(worker)], capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [1, 2], result.stdout
+    worker = write(tmp_path, "worker.py", SUBPROCESS_WORKER)
+    assert launched(domain, write(tmp_path, "driver.py", SUBPROCESS_DRIVER), worker) == [1, 2]
 
 
 IDLE_CHILDREN_PROGRAM = """
@@ -247,13 +222,7 @@ def test_idle_processes_of_the_tree_take_no_tokens(domain, tmp_path, method):
     a subprocess waiting on stdin, a multiprocessing manager's server) holds
     no lease, so a busy process next to it still gets the whole budget, as
     with plain python."""
-    script = tmp_path / "idle_children.py"
-    script.write_text(textwrap.dedent(IDLE_CHILDREN_PROGRAM))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSEPAR_")}
-    result = subprocess.run([sys.executable, "-m", "composepar", "-n", "2", "--domain", domain, str(script), method],
-                            capture_output=True, text=True, timeout=TIMEOUT, env=env)
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == 2
+    assert launched(domain, write(tmp_path, "idle_children.py", IDLE_CHILDREN_PROGRAM), method) == 2
 
 
 def test_a_wait_inside_a_wait_leaves_the_tokens_to_the_outer_one(domain):

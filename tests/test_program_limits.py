@@ -50,6 +50,23 @@ def budget(domain, monkeypatch):
     return arbiter
 
 
+def write_program(tmp_path, name, program):
+    """`program` (indented source) as the file `name` in `tmp_path`; returns its path as a str."""
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(program))
+    return str(path)
+
+
+def run_launched(domain, *argv, **env):
+    """Runs ``python -m composepar *argv`` in `domain`, with `env` added to this
+    environment; returns the finished process, after checking that it exited 0."""
+    environ = dict(os.environ, COMPOSEPAR_DOMAIN=domain, **env)
+    result = subprocess.run([sys.executable, "-m", "composepar", *argv], env=environ, capture_output=True, text=True,
+                            timeout=TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 def run_program(code, domain, **env):
     """Runs `code` in a fresh python in `domain`; returns its last stdout line, parsed as JSON."""
     environ = dict(os.environ, COMPOSEPAR_DOMAIN=domain, **env)
@@ -209,12 +226,7 @@ ENGINE_PROGRAM = """
 
 def test_a_limit_in_the_workers_environment_is_a_ceiling(budget, tmp_path):
     """As Dask's nanny and loky do: *_NUM_THREADS=1 in the workers' environment."""
-    script = tmp_path / "engine.py"
-    script.write_text(textwrap.dedent(ENGINE_PROGRAM))
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain, OPENBLAS_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_launched(budget.domain, write_program(tmp_path, "engine.py", ENGINE_PROGRAM), OPENBLAS_NUM_THREADS="1")
     assert json.loads(result.stdout) == [[1], [1]]
 
 
@@ -332,12 +344,7 @@ def test_a_forked_pool_worker_restarts_no_blas_thread_its_budget_does_not_use(bu
     helper; a task with a larger budget still gets it (the lone main thread's
     lease has 2 tokens, the parent's count); a plain forked Process is not
     lowered: its main thread's own lease sizes its pools."""
-    script = tmp_path / "forked_workers.py"
-    script.write_text(textwrap.dedent(FORKED_WORKERS_PROGRAM))
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
-    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_launched(budget.domain, write_program(tmp_path, "forked_workers.py", FORKED_WORKERS_PROGRAM))
     assert result.stderr == "", result.stderr
     seen = json.loads(result.stdout)
     assert seen["parent"] == [2], seen
@@ -379,14 +386,8 @@ def test_a_task_the_program_pins_at_one_thread_leaves_the_tokens_to_others(budge
     token, so the budget keeps the one it could never use, until a limit()
     block in the task asks for the budget for the program's own code.
     Unpinned, the same lone task takes both (the test's control)."""
-    script = tmp_path / "pinned.py"
-    script.write_text(textwrap.dedent(PINNED_PROGRAM))
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
-    if pinned:
-        environ["OPENBLAS_NUM_THREADS"] = "1"
-    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    env = {"OPENBLAS_NUM_THREADS": "1"} if pinned else {}
+    result = run_launched(budget.domain, write_program(tmp_path, "pinned.py", PINNED_PROGRAM), **env)
     # The parent's main thread waits (its lease is given back), the worker's task runs alone.
     expected = [1, 1, 2, 0] if pinned else [2, 0, 2, 0]
     assert json.loads(result.stdout) == [expected, expected]
@@ -422,38 +423,45 @@ def test_a_limit_block_in_a_pinned_task_asks_its_share_until_it_ends(budget, tmp
     """OPENBLAS_NUM_THREADS=1 pins the task; a limit() block in it asks the
     policy's share for the program's own code, across waits in the block;
     limit(1) asks nothing more; after the blocks the task is pinned again."""
-    script = tmp_path / "wait_in_block.py"
-    script.write_text(textwrap.dedent(WAIT_IN_BLOCK_PROGRAM))
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain, OPENBLAS_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "-m", "composepar", str(script)], env=environ, capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_launched(budget.domain, write_program(tmp_path, "wait_in_block.py", WAIT_IN_BLOCK_PROGRAM),
+                          OPENBLAS_NUM_THREADS="1")
     assert json.loads(result.stdout) == {"pinned": [1, 1], "after_a_wait_in_the_block": [2, 0], "limit_1": [1, 1],
                                          "after_the_blocks": [1, 1]}
 
 
-PARENT_AFTER_POOL_PROGRAM = """
-    import json, multiprocessing, sys, time
-    import numpy
-    import sklearn.cluster  # its libgomp: a per-thread runtime, so the main thread's lease is not refreshed
+# A program's OpenBLAS count, read from the library, and its own work repeated
+# until that count reaches a value (a deadline only a hang reaches).
+COMPUTE_UNTIL = """
+    import time
     from threadpoolctl import threadpool_info
 
     def blas_threads():
         return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
 
+    def compute_until(threads, a):
+        seen, end = [], time.monotonic() + 120
+        while time.monotonic() < end:
+            a @ a
+            seen.append(blas_threads())
+            if seen[-1] == threads:
+                break
+        return seen[-1]
+"""
+
+PARENT_AFTER_POOL_PROGRAM = """
+    import json, multiprocessing, sys
+    import numpy
+    import sklearn.cluster  # its libgomp: a per-thread runtime, so the main thread's lease is not refreshed
+""" + COMPUTE_UNTIL + """
     if __name__ == "__main__":
         a = numpy.ones((200, 200))
         before = blas_threads()
         pool = multiprocessing.get_context(sys.argv[1]).Pool(2)  # forked workers inherit 1 (fork)
-        seen, end = [], time.monotonic() + 120  # only a hang reaches the deadline
-        while time.monotonic() < end:
-            a @ a  # the main thread computes before submitting anything, as plain python lets it
-            seen.append(blas_threads())
-            if seen[-1] == before:
-                break
+        # The main thread computes before submitting anything, as plain python lets it.
+        after = compute_until(before, a)
         pool.close()
         pool.join()
-        print(json.dumps([before, seen[-1]]))
+        print(json.dumps([before, after]))
 """
 
 
@@ -464,35 +472,22 @@ def test_the_parent_gets_its_budget_back_after_forking_a_pool(budget, tmp_path, 
     a wait of the program's to apply it (its lease, with a per-thread runtime
     loaded, is not refreshed). A spawn pool never lowers it."""
     pytest.importorskip("sklearn")
-    script = tmp_path / "parent_after_pool.py"
-    script.write_text(textwrap.dedent(PARENT_AFTER_POOL_PROGRAM))
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
-    result = subprocess.run([sys.executable, "-m", "composepar", str(script), method], env=environ,
-                            capture_output=True, text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    result = run_launched(budget.domain, write_program(tmp_path, "parent_after_pool.py", PARENT_AFTER_POOL_PROGRAM),
+                          method)
     assert json.loads(result.stdout) == [2, 2]
 
 
 SUBPROCESS_CHILD = """
-    import json, multiprocessing, time
+    import json, multiprocessing
     import numpy
-    from threadpoolctl import threadpool_info
-
-    def blas_threads():
-        return max(i["num_threads"] for i in threadpool_info() if i["internal_api"] == "openblas")
-
+""" + COMPUTE_UNTIL + """
     if __name__ == "__main__":
         a = numpy.ones((200, 200))
         before = blas_threads()
         with multiprocessing.get_context("fork").Pool(2) as pool:
-            seen, end = [], time.monotonic() + 120  # only a hang reaches the deadline
-            while time.monotonic() < end:
-                a @ a
-                seen.append(blas_threads())
-                if seen[-1] == before:
-                    break
+            after = compute_until(before, a)
             pool.map(abs, range(4))
-        print(json.dumps([before, seen[-1]]))
+        print(json.dumps([before, after]))
 """
 
 
@@ -501,13 +496,9 @@ def test_a_python_child_gets_its_budget_back_after_forking_a_pool(budget, tmp_pa
     for its main thread (the .pth installs the hooks); the driver waits for
     it, so it is alone on the budget: after forking its pool workers, its
     own OpenBLAS comes back from the fork's 1 to its 2."""
-    child = tmp_path / "child.py"
-    child.write_text(textwrap.dedent(SUBPROCESS_CHILD))
-    driver = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, {str(child)!r}]).returncode)"
-    environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
-    result = subprocess.run([sys.executable, "-m", "composepar", "-c", driver], env=environ, capture_output=True,
-                            text=True, timeout=TIMEOUT)
-    assert result.returncode == 0, result.stderr
+    child = write_program(tmp_path, "child.py", SUBPROCESS_CHILD)
+    driver = f"import subprocess, sys; sys.exit(subprocess.run([sys.executable, {child!r}]).returncode)"
+    result = run_launched(budget.domain, "-c", driver)
     assert json.loads(result.stdout) == [2, 2]
 
 
