@@ -2,6 +2,7 @@ import glob
 import os
 import subprocess
 import sysconfig
+import time
 import uuid
 
 import pytest
@@ -55,6 +56,16 @@ def domain():
 
 
 START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+def wait_until(condition, what, seconds):
+    """Polls `condition` (a state of the processes or the segment) until it holds; fails
+    after `seconds`, a deadline that only a hang reaches, saying what it waited for."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {seconds} s for {what}")
+        time.sleep(0.005)
 
 
 def _compile(tmp_path_factory, name, command):

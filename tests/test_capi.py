@@ -20,6 +20,7 @@ import pytest
 
 import composepar
 from composepar import Arbiter, _config, _segments
+from conftest import wait_until as wait_until_within
 
 DEADLINE = 60  # seconds any one answer or state may take before the test fails
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -121,12 +122,7 @@ def c_process(c_program):
 
 
 def wait_until(condition, what):
-    """Polls `condition` (a state in the shared segment) until it holds; fails after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {DEADLINE} s for {what}")
-        time.sleep(0.005)
+    return wait_until_within(condition, what, DEADLINE)
 
 
 def line_of(arbiter, pid):

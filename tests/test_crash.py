@@ -15,7 +15,7 @@ import pytest
 
 import _workers
 from composepar import Arbiter, WouldBlock
-from conftest import START_METHODS
+from conftest import START_METHODS, wait_until
 
 HEADER_BYTES, SLOT_BYTES = 192, 128
 MUTEX_OFFSET, TOKENS_FREE_OFFSET = 40, 132
@@ -43,12 +43,7 @@ def _process_state(pid):
 
 
 def _wait_until(condition, what, seconds=120):
-    """Polls `condition` until it holds; a deadline only turns a hang into a failure that says what."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {seconds} s for {what}")
-        time.sleep(0.001)
+    wait_until(condition, what, seconds)
 
 
 def _start_time(pid):

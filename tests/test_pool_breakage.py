@@ -22,6 +22,7 @@ import pytest
 import _workers
 import composepar
 from conftest import START_METHODS
+from conftest import wait_until as wait_until_within
 
 DEADLINE = 30  # seconds; only ever reached when something hangs
 
@@ -61,12 +62,7 @@ def announcing_pool(method, **kwargs):
 
 
 def wait_until(condition, what):
-    """Polls `condition` until it holds; fails after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"waited {DEADLINE} s for {what}")
-        time.sleep(0.01)
+    return wait_until_within(condition, what, DEADLINE)
 
 
 def read_lock_held(pool):
