@@ -193,13 +193,16 @@ def _executor_submit(original):
     return patched
 
 
-def _idle_while(skip_if_ready=None):
-    """A patch that gives the caller's lease back while the original waits."""
+def _idle_while(cannot_wait=None):
+    """A patch that gives the caller's lease back while the original waits.
+    ``cannot_wait(self, *args, **kwargs)``, called with the call's own
+    arguments: True if this call returns at once (a result ready, a zero
+    timeout), which then keeps the lease."""
 
     def make(original):
         @functools.wraps(original)
         def patched(self, *args, **kwargs):
-            if skip_if_ready is not None and skip_if_ready(self):
+            if cannot_wait is not None and cannot_wait(self, *args, **kwargs):
                 return original(self, *args, **kwargs)
             with idle():
                 return original(self, *args, **kwargs)
@@ -224,7 +227,7 @@ def _patch_multiprocessing_pool(pool):
     _patch(pool.Pool, "_map_async", _pool_map_async)
     for name in ("imap", "imap_unordered"):
         _patch(pool.Pool, name, _pool_submit(new_tasks=None))
-    _patch(pool.ApplyResult, "wait", _idle_while(lambda result: result.ready()))
+    _patch(pool.ApplyResult, "wait", _idle_while(lambda result, *_, **__: result.ready()))
     _patch(pool.IMapIterator, "next", _idle_while())
     pool.IMapIterator.__next__ = pool.IMapIterator.next
     _patch(pool.Pool, "join", _idle_while())
@@ -235,8 +238,8 @@ def _patch_futures_base(base):
     """concurrent.futures._base: Future's waits and wait(). The package binds
     its own ``wait`` from here after this module is loaded, so it gets the patch;
     as_completed is left alone (it yields futures already done)."""
-    _patch(base.Future, "result", _idle_while(lambda f: f.done()))
-    _patch(base.Future, "exception", _idle_while(lambda f: f.done()))
+    _patch(base.Future, "result", _idle_while(lambda f, *_, **__: f.done()))
+    _patch(base.Future, "exception", _idle_while(lambda f, *_, **__: f.done()))
     _patch(base, "wait", _idle_function)
     package = sys.modules.get("concurrent.futures")
     if package is not None and getattr(package, "wait", None) is _originals[(base, "wait")]:
@@ -275,11 +278,16 @@ def _forks(context):
     return method == "fork"
 
 
+def _target_of(process):
+    """(module, qualified name) of the function a multiprocessing process runs."""
+    target = getattr(process, "_target", None)
+    return getattr(target, "__module__", None), getattr(target, "__qualname__", None)
+
+
 def _process_start(original):
     @functools.wraps(original)
     def patched(self):
-        target = getattr(self, "_target", None)
-        if (getattr(target, "__module__", None), getattr(target, "__qualname__", None)) in _POOL_WORKER_LOOPS:
+        if _target_of(self) in _POOL_WORKER_LOOPS:
             method = getattr(self, "_start_method", None)  # a context's Process class says; the default's does not
             if method == "fork" or (method is None and _forks(None)):
                 with _threadpools.pool_worker_forks():
@@ -304,9 +312,8 @@ def _process_bootstrap(original):
 
     @functools.wraps(original)
     def patched(self, *args, **kwargs):
-        target = getattr(self, "_target", None)
-        key = (getattr(target, "__module__", None), getattr(target, "__qualname__", None))
-        if key in _POOL_WORKER_LOOPS or key in _NO_MAIN_LEASE:
+        target = _target_of(self)
+        if target in _POOL_WORKER_LOOPS or target in _NO_MAIN_LEASE:
             return original(self, *args, **kwargs)
         _guarded(_task.enter_main_thread_with_pools)
         try:
@@ -335,73 +342,35 @@ def _patch_process(process):
     context's Process derives from it), and join as a wait."""
     _patch(process.BaseProcess, "start", _process_start)
     _patch(process.BaseProcess, "_bootstrap", _process_bootstrap)
-    _patch(process.BaseProcess, "join", _process_join)
+    _patch(process.BaseProcess, "join", _idle_while(
+        lambda p, timeout=None: _no_wait(timeout) or p._popen is None or p._popen.poll() is not None))
 
 
-def _process_join(original):
-    @functools.wraps(original)
-    def patched(self, timeout=None):
-        if (timeout is not None and timeout <= 0) or self._popen is None or self._popen.poll() is not None:
-            return original(self, timeout)
-        with idle():
-            return original(self, timeout)
-
-    return patched
-
-
-def _connection_recv(original):
-    """A blocking receive on a multiprocessing Connection is a wait unless a
-    message is ready (a worker fed through a Pipe, or a Queue's reader)."""
-
-    @functools.wraps(original)
-    def patched(self, *args, **kwargs):
-        if self.poll(0):
-            return original(self, *args, **kwargs)
-        with idle():
-            return original(self, *args, **kwargs)
-
-    return patched
-
-
-def _connection_poll(original):
-    @functools.wraps(original)
-    def patched(self, timeout=0.0):
-        if timeout is not None and timeout <= 0:
-            return original(self, timeout)
-        with idle():
-            return original(self, timeout)
-
-    return patched
+def _no_wait(timeout):
+    """True for a timeout that makes a wait return at once (<= 0; None waits forever)."""
+    return timeout is not None and timeout <= 0
 
 
 def _patch_connection(connection):
-    """multiprocessing.connection: blocking receives and polls with a timeout are waits."""
+    """multiprocessing.connection: a blocking receive is a wait unless a message
+    is ready (a worker fed through a Pipe, or a Queue's reader); so is a poll
+    with a timeout (its default, 0, is not)."""
     for name in ("recv", "recv_bytes", "recv_bytes_into"):
-        _patch(connection._ConnectionBase, name, _connection_recv)
-    _patch(connection._ConnectionBase, "poll", _connection_poll)
+        _patch(connection._ConnectionBase, name, _idle_while(lambda c, *_, **__: c.poll(0)))
+    _patch(connection._ConnectionBase, "poll", _idle_while(lambda c, timeout=0.0: _no_wait(timeout)))
 
 
 def _patch_queues(queues):
     """multiprocessing.queues: a worker blocked on Queue.get is idle (hand-made
     workers fed by a queue wait there between jobs); a get that cannot wait
     (block=False, timeout <= 0, an item ready) is not."""
-    _patch(queues.Queue, "get", _queue_get)
-
-
-def _queue_get(original):
-    @functools.wraps(original)
-    def patched(self, block=True, timeout=None):
-        if not block or (timeout is not None and timeout <= 0) or not self._rlock or self._poll():
-            return original(self, block, timeout)
-        with idle():
-            return original(self, block, timeout)
-
-    return patched
+    _patch(queues.Queue, "get", _idle_while(
+        lambda q, block=True, timeout=None: not block or _no_wait(timeout) or q._poll()))
 
 
 def _patch_subprocess(subprocess):
     """subprocess: a thread waiting for a child (wait, communicate, run) is idle."""
-    _patch(subprocess.Popen, "wait", _idle_while(lambda p: p.returncode is not None))
+    _patch(subprocess.Popen, "wait", _idle_while(lambda p, *_, **__: p.returncode is not None))
     _patch(subprocess.Popen, "communicate", _idle_while())
 
 
