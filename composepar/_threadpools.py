@@ -306,8 +306,8 @@ class NativePools:
         self.lock = threading.RLock()  # guards the fields below and per-process settings
         self._objects_seen = -1  # loaded_objects_generation() at the last scan
         self._candidates = None  # the loaded libraries that may be pools, at the last scan (_pool_candidates)
-        self._candidates_seen = -1  # loaded_objects_generation() at has_pool_candidates()'s last look
-        self._any_candidate = False  # its answer then
+        # (loaded_objects_generation(), _pool_candidates()) as last read from the loader: one tuple, replaced whole
+        self._loaded = (-1, frozenset())
         self._pools = []  # a _Pool for each pool found
         self._process_settings = {}  # pool key -> _Setting, for per-process pools
         self._thread = _ThreadSettings()
@@ -341,8 +341,7 @@ class NativePools:
         """Finds the pools again if the loaded libraries that may be pools
         changed (most loads are a Python extension module: then nothing is
         redone), or numba's module came or went. Under self.lock."""
-        generation, names = _native.loaded_object_names()
-        candidates = _pool_candidates(map(os.fsdecode, names))
+        generation, candidates = self._loaded_candidates()
         parallel = _numba_parallel()
         if candidates != self._candidates or (parallel is not None) != self._numba_seen:
             pools = [_LibraryPool(c) for c in _find_controllers(candidates)]
@@ -362,15 +361,20 @@ class NativePools:
         self.pools()
         return self._any_process_pool
 
+    def _loaded_candidates(self):
+        """(generation, the loaded libraries that may be pools): the loader's
+        names are read again only if a library was loaded since the last look."""
+        loaded = self._loaded
+        if _native.loaded_objects_generation() != loaded[0]:
+            generation, names = _native.loaded_object_names()
+            loaded = self._loaded = (generation, _pool_candidates(map(os.fsdecode, names)))
+        return loaded
+
     def has_pool_candidates(self):
         """True if a loaded library may be a native pool (no threadpoolctl
         call: the loader's names against its prefixes). One loader call when
         nothing was loaded since the last look."""
-        generation = _native.loaded_objects_generation()
-        if generation != self._candidates_seen:
-            self._candidates_seen = generation
-            self._any_candidate = bool(_pool_candidates(map(os.fsdecode, _native.loaded_object_names()[1])))
-        return self._any_candidate
+        return bool(self._loaded_candidates()[1])
 
     def follows_mid_task(self):
         """True if a task's lease is worth following between its start and end:
@@ -568,8 +572,7 @@ class _TbbControl:
 def _load_tbb():
     import ctypes
 
-    paths = [os.fsdecode(name) for name in _native.loaded_object_names()[1]
-             if os.path.basename(name).startswith(b"libtbb.so")]
+    paths = [name for name in native_pools._loaded_candidates()[1] if os.path.basename(name).startswith("libtbb.so")]
     for path in paths:
         try:
             library = ctypes.CDLL(path)
