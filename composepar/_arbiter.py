@@ -335,6 +335,22 @@ class Arbiter:
             self._reattach()
             self._handle.set_pool_demand(tasks)
 
+    # -- followers (internal: composepar/_task.py) ----------------------
+    def _policy_seq(self) -> int:
+        """The segment's policy sequence, read before refreshing leases (see _wait_policy)."""
+        return self._handle.policy_seq
+
+    def _wait_policy(self, seen: int, interest: int, timeout: float) -> None:
+        """Sleeps (GIL released) until an event in ``interest`` (FOLLOW_GROW |
+        FOLLOW_SHRINK bits, or 0) moves the policy sequence on from ``seen``,
+        this process's ``_wake_follower()``, or ``timeout`` seconds; may
+        return early. One thread per process waits here (arbiter.cpp, "Followers")."""
+        self._handle.wait_policy(seen, interest, int(timeout * 1e9))
+
+    def _wake_follower(self) -> None:
+        """Wakes this process's thread in ``_wait_policy``, whatever it waits for."""
+        self._handle.wake_follower()
+
     # -- observation ------------------------------------------------------
     def stats(self) -> ArbiterStats:
         """A consistent snapshot; dead processes are reaped first."""

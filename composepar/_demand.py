@@ -8,40 +8,46 @@
                                         (done() turns true before a waiter wakes, so
                                         a submit right after result() sees it)
 
-Published at each submit, when an executor's future completes, and by the
-refresher every few milliseconds (a Pool's chunks finish in its result
-thread, unseen). The arbiter counts tasks expected but not yet started as
-claimants, so the first task of a pool does not take its siblings' share.
+Published at each submit and at each completion: a Pool's result (its result
+handler thread calls ``settled``, _hooks), an executor's future (a done
+callback), a pool terminated. The arbiter counts tasks expected but not yet
+started as claimants, so the first task of a pool does not take its
+siblings' share; a stale demand after the last task would cap the others
+until the next publish, so every completion publishes (only a change
+reaches the arbiter, and its followers hear of it there).
 """
 
+import functools
 import sys
 import threading
 import weakref
 
-__all__ = ["before_submit", "after_submit", "publish", "republish", "has_demand"]
+__all__ = ["before_submit", "after_submit", "publish", "settled"]
 
 _lock = threading.Lock()  # guards the three fields below
 _pools = weakref.WeakKeyDictionary()  # pool -> (workers, segment path it submits under)
-_futures = weakref.WeakKeyDictionary()  # executor -> its submitted futures not yet seen done
+_futures = weakref.WeakKeyDictionary()  # executor -> its submitted futures not yet done
 _in_flight = weakref.WeakKeyDictionary()  # pool -> tasks being submitted, not yet in its cache
 # Held from computing the demand to recording it, so two threads (a submit
-# and the refresher) cannot publish out of order.
+# and a completion) cannot publish out of order.
 _publish_lock = threading.Lock()
 _published = {}  # segment path -> (arbiter, the demand last published there); under _publish_lock
 
 
-def _outstanding(pool):
+def _outstanding(pool, workers):
+    """Tasks of `pool` not yet done, counted up to `workers` (more changes nothing)."""
     futures = _futures.get(pool)
     if futures is not None:
-        pending = {future for future in futures if not future.done()}
-        _futures[pool] = pending  # forget the finished ones
-        return len(pending)
+        return len(futures)  # a done callback takes each one out (_future_done)
     # A multiprocessing pool: its module is loaded (not imported here, for start-up's sake).
     mp_pool = sys.modules["multiprocessing.pool"]
     if getattr(pool, "_state", None) == mp_pool.TERMINATE:
         return 0  # its pending results will never run
+    cache = getattr(pool, "_cache", {})
+    if len(cache) >= workers:
+        return workers  # each entry is a result not yet complete: at least one task each
     total = 0
-    for result in list(getattr(pool, "_cache", {}).values()):
+    for result in list(cache.values()):
         if isinstance(result, mp_pool.MapResult):
             total += max(0, result._number_left)
         elif isinstance(result, mp_pool.IMapIterator):
@@ -59,11 +65,7 @@ def _demand(path):
     with _lock:
         pools = [(pool, workers, _in_flight.get(pool, 0))
                  for pool, (workers, pool_path) in _pools.items() if pool_path == path]
-    return sum(min(workers, _outstanding(pool) + in_flight) for pool, workers, in_flight in pools)
-
-
-def has_demand():
-    return any(demand for _, demand in list(_published.values()))
+    return sum(min(workers, _outstanding(pool, workers) + in_flight) for pool, workers, in_flight in pools)
 
 
 def publish(arbiter):
@@ -76,11 +78,34 @@ def publish(arbiter):
     return demand
 
 
-def republish():
-    """The refresher's tick: publishes again wherever a demand was published
-    (the segment the pools submitted under, whatever the environment says now)."""
-    for arbiter, _ in list(_published.values()):
-        publish(arbiter)
+def settled(pool):
+    """A task of `pool` completed (or the pool stopped): publishes again in
+    the segment it submitted under, whatever the environment says now.
+    Never raises: it runs in the pool's own threads (a result handler, a
+    future's done callback), which must not die of it."""
+    try:
+        with _lock:
+            entry = _pools.get(pool)
+        if entry is None:
+            return
+        published = _published.get(entry[1])
+        if published is not None:
+            publish(published[0])
+    except Exception as error:  # noqa: BLE001 - the pool's thread must go on; the next publish corrects it
+        _warn_once(error)
+
+
+_warned = False
+
+
+def _warn_once(error):
+    global _warned
+    if not _warned:
+        _warned = True
+        import warnings
+
+        warnings.warn(f"composepar: publishing a pool's demand failed ({type(error).__name__}: {error}); it is "
+                      f"published again at the next submit", RuntimeWarning, stacklevel=3)
 
 
 def before_submit(arbiter, pool, workers, new_tasks=None, executor=False):
@@ -111,6 +136,20 @@ def after_submit(arbiter, pool, estimate, future=None):
         if future is not None:
             _futures[pool].add(future)
     publish(arbiter)
+    if future is not None:
+        # Runs in the thread that completes it (at once if done already).
+        future.add_done_callback(functools.partial(_future_done, weakref.ref(pool)))
+
+
+def _future_done(pool_ref, future):
+    pool = pool_ref()
+    if pool is None:
+        return
+    with _lock:
+        futures = _futures.get(pool)
+        if futures is not None:
+            futures.discard(future)
+    settled(pool)
 
 
 def reset_after_fork():

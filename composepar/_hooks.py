@@ -48,6 +48,7 @@ patched at once.
 import functools
 import os
 import sys
+import threading
 
 from . import _config, _demand, _task, _threadpools
 from ._task import Task, idle
@@ -83,15 +84,13 @@ def submit_to_pool(pool, original, func, args, kwargs, new_tasks=None, threads=N
         return original(pool, wrap_task(func, workers, threads), *args, **kwargs)
     arbiter = _task.get_arbiter()
     task = wrap_task(func, workers, threads, arbiter.domain)
+    track_completions()
     estimate = _demand.before_submit(arbiter, pool, workers, new_tasks)
     try:
         _task.suspend_current()
         result = original(pool, task, *args, **kwargs)
     finally:
         _demand.after_submit(arbiter, pool, estimate)
-    # After the tasks are queued: starting the refresher (the first submit)
-    # waits for its thread to run, which must not delay the first task.
-    _task.wake_refresher()
     return result
 
 
@@ -128,7 +127,6 @@ def submit_to_executor(executor, original, fn, args, kwargs):
         _demand.after_submit(arbiter, executor, estimate)
         raise
     _demand.after_submit(arbiter, executor, estimate, future)
-    _task.wake_refresher()  # after the task is queued, as in submit_to_pool
     return future
 
 
@@ -232,6 +230,51 @@ def _patch_multiprocessing_pool(pool):
     pool.IMapIterator.__next__ = pool.IMapIterator.next
     _patch(pool.Pool, "join", _idle_while())
     _patch(pool.Pool, "__init__", _pool_init)
+    track_completions()
+
+
+_tracking = False  # track_completions() ran: the stdlib's pool results publish as they complete
+_tracking_lock = threading.Lock()
+
+
+def track_completions():
+    """Pool results publish the pool's demand as they complete (in the pool's
+    result handler thread), and a terminated pool its zero: a demand left
+    stale after the last task would cap the budget's other leases. Once per
+    process, from install() or the first submit of a drop-in pool; a result
+    of a pool composepar never saw publishes nothing (_demand.settled)."""
+    global _tracking
+    if _tracking:
+        return
+    import multiprocessing.pool as pool
+
+    with _tracking_lock:
+        if _tracking:
+            return
+        for result in (pool.ApplyResult, pool.MapResult, pool.IMapIterator, pool.IMapUnorderedIterator):
+            _patch(result, "_set", _result_set)
+        _patch(pool.Pool, "terminate", _pool_terminate)
+        _tracking = True
+
+
+def _result_set(original):
+    @functools.wraps(original)
+    def patched(self, *args, **kwargs):
+        pool = self._pool  # the last _set of a result clears it
+        original(self, *args, **kwargs)
+        if pool is not None:
+            _demand.settled(pool)
+
+    return patched
+
+
+def _pool_terminate(original):
+    @functools.wraps(original)
+    def patched(self):
+        original(self)
+        _demand.settled(self)  # its pending results will never run
+
+    return patched
 
 
 def _patch_futures_base(base):

@@ -7,7 +7,7 @@ A pool worker (process or thread) runs each task inside a scope::
                                                 pins at 1 thread asks none: NativePools.most_threads)
                     native pools := budget      per-thread pools in this thread,
                                                 per-process pools := min over running tasks
-    task runs   --> refresher (every 10 ms)     lease.refresh(); per-process pools follow
+    task runs   --> follower, on an event       lease.refresh(); per-process pools follow
                                                 (TaskScope.follows: not a pinned task, nor one
                                                 whose per-thread pools were set above 1)
     task ends   --> lease.close()               tokens back; others pick them up
@@ -20,14 +20,22 @@ A thread that submits to a pool gives its tokens back at the submit
 (``suspend_current``), before the tasks can start: otherwise a lone task
 would start while its submitter, not yet waiting, still held the machine.
 
-The refresher changes only per-process pools (OpenBLAS with pthreads,
+The follower is one thread per process. It sleeps in the arbiter's segment
+until a critical section anywhere in the budget frees tokens a lease here
+wants, or brings a claimant that a lease here holding extras must make
+room for (arbiter.cpp, "Followers"); then it refreshes the leases and sets
+the per-process pools. No event, no wake-up: an idle or steady process
+costs nothing. It also looks again every FOLLOW_TIMEOUT_SECONDS while it
+has a lease to follow (a dead claimant's sweep, a CPU set that shrank).
+
+The follower changes only per-process pools (OpenBLAS with pthreads,
 BLIS, MKL, TBB), which any thread may set and OpenBLAS reads at every
 call, whatever else is loaded. Per-thread pools (OpenMP, numba) can only be
 set from their own thread: they follow the budget at each task start, and
 a task that set them above 1 is not refreshed (a budget that shrank
 mid-task could not be enforced there); one that set them to 1 is, as no
 shrink can take it below 1. A process whose only pools are per thread
-gives the refresher no lease to follow.
+gives the follower no lease to follow.
 
 A task's pools are set to ``min(budget, the program's own value)`` and put
 back when it ends (per-thread ones when the thread's scope closes,
@@ -49,7 +57,12 @@ from ._threadpools import native_pools
 __all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply",
            "suspend_current"]
 
-REFRESH_SECONDS = 0.01
+# A follower with a lease to follow looks again this often without an event:
+# the arbiter's sweep for dead claimants runs every 250 ms at most (kSweepEveryNs,
+# arbiter.cpp), and the README promises their tokens back within 1 s.
+FOLLOW_TIMEOUT_SECONDS = 0.5
+# Leases in two budgets at once: no one wait hears both, so the follower polls.
+POLL_SECONDS = 0.01
 
 
 class _ThreadState(threading.local):
@@ -67,14 +80,18 @@ class _ProcessState:
     """What this process runs; reset in fork children (their threads are gone)."""
 
     def __init__(self):
-        self.lock = threading.Lock()  # guards running and refresher
+        self.lock = threading.Lock()  # guards the fields below but wake and stopped
         self.running = {}  # TaskScope -> None: the scopes holding leases in this process
-        self.refresher = None  # the refresher thread, started with the first lease
-        self.wake = threading.Event()  # set while there are leases or pool demand to follow
+        self.follower = None  # the follower thread, started with the first lease to follow
+        self.wake = threading.Event()  # set while there are leases to follow
+        # (composepar.Arbiter, interest) while the follower sleeps in that
+        # segment for those events (FOLLOW_GROW | FOLLOW_SHRINK); else None.
+        self.waiting_on = None
+        self.poked = False  # wake_follower() ran since the follower's round began
         self.pool_worker = False  # True once it ran a task of another process's pool: pools kept between tasks
         self.open_scopes = 0  # outer TaskScopes open in this process, running or waiting (>= len(running))
-        self.reapply = False  # the refresher applies the per-process budget at its next tick, then clears it
-        # Set at exit: the refresher returns, cutting its pause short.
+        self.reapply = False  # the follower applies the per-process budget at its next round, then clears it
+        # Set at exit: the follower returns, cutting its wait short.
         self.stopped = threading.Event()
 
 
@@ -115,7 +132,7 @@ native_pools.thread_budget = current_budget  # a runtime started mid-task gets t
 def _after_worker_forks():
     """The process's last pool_worker_forks() block ended (_threadpools): the
     pools it held at one thread get their budget back. With tasks running,
-    at the refresher's next tick (a submitter waits at once, and its wait
+    at the follower's next round, now (a submitter waits at once, and its wait
     keeps them at 1: no helper is restarted for nothing); with scopes only
     waiting, at their resume; with no scope open, the program's values now."""
     state = _process
@@ -123,7 +140,7 @@ def _after_worker_forks():
         running, open_scopes = bool(state.running), state.open_scopes
         state.reapply = running
     if running:
-        wake_refresher()
+        wake_follower()
     elif not open_scopes:
         native_pools.restore_process()
 
@@ -263,7 +280,7 @@ class TaskScope:
         lease = self._lease
         if lease is not None and pinned is not None:
             lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
-            wake_refresher()
+            wake_follower(lease.follow_interest)
         return (pinned,)
 
     def repin(self, unpinned):
@@ -276,12 +293,17 @@ class TaskScope:
             lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
 
     def follows(self):
-        """True if the refresher has something to follow for this scope: a
+        """True if the follower has something to follow for this scope: a
         lease that may grow or shrink (not one pinned at its own thread), and
         whose per-thread pools, set at its start, stay within any share it
         could shrink to (they are at 1, or none is loaded)."""
         return (self._lease is not None and (self._usable is None or self._usable > 1)
                 and (self.thread_pools_at is None or self.thread_pools_at <= 1))
+
+    def follow_interest(self):
+        """What the policy may change for this scope's lease (Lease.follow_interest); 0 if none."""
+        lease = self._lease
+        return 0 if lease is None else lease.follow_interest
 
     def _give_tokens_back(self):
         if self._lease is not None:
@@ -314,7 +336,7 @@ class TaskScope:
             apply(self)
 
     def refresh(self):
-        """Re-applies the policy to this scope's lease (refresher thread)."""
+        """Re-applies the policy to this scope's lease (follower thread)."""
         lease = self._lease
         if lease is not None:
             try:
@@ -349,14 +371,15 @@ def _start_running(scope):
     state = _process
     with state.lock:
         state.running[scope] = None
-    # A lease to follow wakes the refresher, unless the only pools loaded are
-    # per thread: leases are then followed at task starts only, and the
-    # refresher would find nothing to do and sleep again (_refresh_once). Not starting
-    # it spares a pool worker's first task a thread start (a wait for the new
-    # thread to run, a scheduler tick on a busy machine). A pool's demand
-    # wakes it from the submitting side (_hooks).
-    if scope.follows() and (_demand.has_demand() or native_pools.follows_mid_task()):
-        wake_refresher()
+    # A lease the policy may change wakes the follower, unless the only pools
+    # loaded are per thread: leases are then followed at task starts only, and
+    # the follower would find nothing to do (_follow_once). Not starting it
+    # spares a pool worker's first task a thread start (a wait for the new
+    # thread to run, a scheduler tick on a busy machine).
+    if scope.follows() and native_pools.follows_mid_task():
+        interest = scope.follow_interest()
+        if interest:
+            wake_follower(interest)
 
 
 def _stop_running(scope, restore=True):
@@ -372,63 +395,98 @@ def _stop_running(scope, restore=True):
             native_pools.restore_process()  # no task runs: the program's own values
 
 
-def wake_refresher():
-    """Starts (or wakes) the process's refresher: there are leases or pool demand to follow."""
+def wake_follower(interest=None):
+    """Starts (or wakes) the process's follower: there are leases to follow.
+    ``interest``: what the lease that asks may gain (Lease.follow_interest);
+    a follower already waiting in the segment for those events is left
+    asleep. None: wake it whatever it waits for (pools to set again)."""
     state = _process
-    if state.wake.is_set() and state.refresher is not None:
-        return  # awake already: the common case, without a lock
+    waiting = state.waiting_on
+    if (interest is not None and state.follower is not None and state.wake.is_set()
+            and (waiting is None or waiting[1] & interest == interest)):
+        return  # awake, or asleep for these events already: the common case, without a lock
     with state.lock:
+        state.poked = True  # a follower between its refresh and its wait goes round again
         state.wake.set()
-        if state.refresher is None:
-            state.refresher = threading.Thread(
-                target=_refresh_loop, args=(state,), name="composepar-refresher", daemon=True)
-            state.refresher.start()
+        if state.follower is None:
+            state.follower = threading.Thread(
+                target=_follow_loop, args=(state,), name="composepar-follower", daemon=True)
+            state.follower.start()
+        waiting = state.waiting_on
+    if waiting is not None:
+        waiting[0]._wake_follower()
 
 
-def _refresh_loop(state):
-    """Every REFRESH_SECONDS: republish pool demand; refresh leases and per-process pools."""
+def _follow_loop(state):
+    """Refreshes the leases when the policy may give or take (the arbiter's
+    followers: arbiter.cpp); sleeps while there is nothing to follow."""
     warned = False
-    while state is _process and not state.stopped.is_set():  # a fork child gets a new state and its own refresher
+    while state is _process and not state.stopped.is_set():  # a fork child gets a new state and its own follower
         state.wake.wait()
         if state.stopped.is_set():
             return
         try:
-            _refresh_once(state)
-        except Exception as error:  # noqa: BLE001 - keep refreshing; say so once
+            waiting = _follow_once(state)
+            if waiting is not None:
+                _wait_for_policy(state, *waiting)
+        except Exception as error:  # noqa: BLE001 - keep following; say so once
             if not warned:
-                warnings.warn(f"composepar: the budget refresher failed ({type(error).__name__}: {error}); "
+                warnings.warn(f"composepar: the budget follower failed ({type(error).__name__}: {error}); "
                               f"budgets follow at task starts until it recovers", RuntimeWarning, stacklevel=1)
                 warned = True
-        state.stopped.wait(REFRESH_SECONDS)  # not time.sleep: exit would wait out the pause
+            state.stopped.wait(FOLLOW_TIMEOUT_SECONDS)  # not a busy loop on a lasting fault
 
 
-def _refresh_once(state):
-    if _demand.has_demand():
-        _demand.republish()
-    # Per-process pools follow the leases at every refresh, whatever else is
-    # loaded. Per-thread pools can only be set by their own thread: they
-    # follow at task starts, so a process whose only pools are per thread
-    # gives the refresher no lease to follow (its tokens would go unused).
+def _follow_once(state):
+    """One round: refreshes the leases that follow and sets the per-process
+    pools. Returns what to wait for next, (arbiter, seen, interest, timeout),
+    or None when there is no lease to follow (the follower then sleeps until
+    wake_follower)."""
+    # Per-process pools follow the leases whatever else is loaded. Per-thread
+    # pools can only be set by their own thread: they follow at task starts,
+    # so a process whose only pools are per thread gives the follower no
+    # lease to follow (its tokens would go unused).
     follow_leases = native_pools.follows_mid_task()
     with state.lock:
-        scopes = list(state.running)
-        leases = follow_leases and any(scope.follows() for scope in scopes)
+        scopes = [scope for scope in state.running if scope.follows()] if follow_leases else []
         reapply, state.reapply = state.reapply, False
-        if not leases and not _demand.has_demand():
-            state.wake.clear()  # nothing to follow until the next lease or submit: sleep
-    if scopes and follow_leases:
-        for scope in scopes:
-            if scope.follows():
-                scope.refresh()
-        _apply_process_budget(state)
-    elif reapply:
-        _apply_process_budget(state)
+        state.poked = False
+        if not scopes:
+            state.wake.clear()  # nothing to follow until the next lease: sleep
+    if not scopes:
+        if reapply:
+            _apply_process_budget(state)
+        return None
+    arbiters = {id(arbiter): arbiter for arbiter in (get_arbiter(scope._domain) for scope in scopes)}
+    arbiter = next(iter(arbiters.values()))
+    seen = arbiter._policy_seq()  # before the refreshes: an event after them is not missed
+    for scope in scopes:
+        scope.refresh()
+    _apply_process_budget(state)
+    interest = 0
+    for scope in scopes:
+        interest |= scope.follow_interest()
+    # Leases in two budgets at once (rare): one wait cannot hear both, so poll.
+    timeout = FOLLOW_TIMEOUT_SECONDS if len(arbiters) == 1 else POLL_SECONDS
+    return arbiter, seen, interest, timeout
+
+
+def _wait_for_policy(state, arbiter, seen, interest, timeout):
+    with state.lock:
+        if state.poked or state.stopped.is_set():
+            return  # woken since the round began: go round again
+        state.waiting_on = (arbiter, interest)
+    try:
+        arbiter._wait_policy(seen, interest, timeout)
+    finally:
+        with state.lock:
+            state.waiting_on = None
 
 
 @atexit.register
-def _stop_refresher():
+def _stop_follower():
     """Closes the main thread's lease (its tokens back now, not when a later
-    call reaps this process) and stops the refresher before the interpreter
+    call reaps this process) and stops the follower before the interpreter
     finalizes: a daemon thread in the middle of a native call when the
     runtime goes away can abort the process."""
     try:
@@ -438,10 +496,12 @@ def _stop_refresher():
     state = _process
     with state.lock:
         state.stopped.set()
-        refresher = state.refresher
+        follower, waiting = state.follower, state.waiting_on
     state.wake.set()
-    if refresher is not None and refresher is not threading.current_thread():
-        refresher.join(timeout=1.0)
+    if waiting is not None:
+        waiting[0]._wake_follower()
+    if follower is not None and follower is not threading.current_thread():
+        follower.join(timeout=1.0)
 
 
 def suspend_current():

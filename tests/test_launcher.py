@@ -287,16 +287,21 @@ def test_a_worker_that_dies_of_an_exception_prints_what_plain_python_prints(tmp_
     """The worker's own print (multiprocessing's "Process ForkPoolWorker-1:" and its traceback, as
     at a Ctrl-C that reaches the workers), which the main thread's traceback cutting never sees."""
     write(tmp_path, "worker_dies.py", f"""\
-        import multiprocessing
+        import multiprocessing, time
 
         def work(x):
             raise KeyboardInterrupt
 
         if __name__ == "__main__":
             pool = multiprocessing.get_context({start_method!r}).Pool(1, maxtasksperchild=1)
+            worker = pool._pool[0]
             result = pool.map_async(work, [0])
             pool.close()
-            multiprocessing.connection.wait([process.sentinel for process in pool._pool], timeout=60)
+            # Not a wait on its sentinel: the pool closes that descriptor when it
+            # replaces the worker, and the next worker's pipe may reuse its number.
+            deadline = time.monotonic() + 60
+            while worker.exitcode is None and time.monotonic() < deadline:
+                time.sleep(0.01)
             pool.terminate()
     """)
     plain = run_python("worker_dies.py", cwd=tmp_path)

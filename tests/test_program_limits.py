@@ -84,7 +84,7 @@ def test_a_threadpool_limit_of_the_program_holds_inside_a_task(budget):
     with composepar.limit() as block:
         assert block.threads == 2 and openblas_threads() == 2
         with threadpool_limits(limits=1, user_api="blas"):
-            native_pools.set_process_budget(2)  # what the refresher does at every tick
+            native_pools.set_process_budget(2)  # what the follower does at every round
             assert openblas_threads() == 1
         assert openblas_threads() == 2  # threadpoolctl put back what it found
     assert openblas_threads() == before
@@ -244,7 +244,7 @@ def test_composepars_tbb_control_is_gone_when_no_task_runs(budget, tbb_kernel):
 
 
 def test_numba_being_imported_by_another_thread_is_left_alone(monkeypatch):
-    """The refresher may scan while the program's main thread is still importing numba: a module
+    """The follower may scan while the program's main thread is still importing numba: a module
     importlib marks as initializing has not defined its names yet (it raised AttributeError)."""
     import importlib.machinery
     import types
@@ -259,7 +259,7 @@ def test_numba_being_imported_by_another_thread_is_left_alone(monkeypatch):
     assert all(pool.key[0] != "numba" for pool in native_pools.pools())
 
 
-REFRESHER_PROGRAM = """
+FOLLOWER_PROGRAM = """
     import ctypes, json, sys, composepar
     from composepar import _task
     if sys.argv[1:]:
@@ -268,18 +268,18 @@ REFRESHER_PROGRAM = """
         import numpy                               # OpenBLAS only: a per-process pool
     with composepar.limit():
         _task._process.wake.set()                  # as a lease start leaves it
-        _task._refresh_once(_task._process)        # one tick of the refresher
+        _task._follow_once(_task._process)         # one round of the follower
         print(json.dumps(_task._process.wake.is_set()))
 """
 
 
 @pytest.mark.parametrize("runtime", ["openmp", "openblas"])
-def test_the_refresher_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, runtime):
-    """OpenMP loaded: leases are not refreshed mid-task, so the refresher must not wake every tick;
+def test_the_follower_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, runtime):
+    """OpenMP loaded: leases are not refreshed mid-task, so the follower must not wait for events;
     with OpenBLAS alone it follows the open lease."""
     environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
     args = [omp_kernel] if runtime == "openmp" else []
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(REFRESHER_PROGRAM), *args], env=environ,
+    result = subprocess.run([sys.executable, "-c", textwrap.dedent(FOLLOWER_PROGRAM), *args], env=environ,
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == (runtime == "openblas")

@@ -46,6 +46,23 @@
 // keep capping the survivors' fair share while tokens sit free.
 // A process that dies holding the mutex leaves it EOWNERDEAD: the next
 // locker recomputes the header's totals from the slots, the source of truth.
+//
+// Followers
+// ---------
+// A lease changes only when its thread calls refresh(), so a process whose
+// tasks run long has one *follower* thread (composepar/_task.py) that
+// refreshes its leases when the policy may give them something: no polling.
+// Every critical section compares the header's totals before and after
+// (Guard) and, if a lease elsewhere could now grow (tokens came free or a
+// cap lifted, while someone wants more: kFollowGrow) or must give back (a
+// new claimant or new unmet demand: kFollowShrink), bumps Header::policy_seq
+// and wakes, with FUTEX_WAKE_BITSET, only the followers waiting for that
+// kind of event; the wake syscall is skipped when no follower sleeps
+// (policy_sleepers). A follower waits for kFollowGrow while one of its
+// leases wants more, for kFollowShrink while one holds extras, and for
+// neither when it has nothing to gain: it then sleeps until its own process
+// wakes it (wake_follower). A refresh that changes nothing changes no
+// total, so wake-ups stop once every lease stands where the policy puts it.
 #include "arbiter.hpp"
 
 #include <fcntl.h>
@@ -114,8 +131,45 @@ struct flock byte_lock(short type, std::uint32_t index) {
 
 }  // namespace
 
+namespace {
+
+// What a follower can gain from a critical section, as FUTEX_WAKE_BITSET
+// bits (see "Followers" at the top); a follower's own wake is another bit.
+struct Totals {
+    std::uint32_t tokens_free, claimants, wanted, unstarted;
+
+    static Totals of(const Header& h) {
+        return {h.tokens_free, h.claimants_total, h.wanted_total, h.pool_unstarted_total};
+    }
+};
+
+std::uint32_t policy_events(const Totals& before, const Totals& after) {
+    std::uint32_t events = 0;
+    // Someone may grow: tokens came free, or a cap on growth lifted (fewer
+    // claimants raise the share; less unmet demand elsewhere, or fewer
+    // expected tasks, may end "another is below its share and wanting"),
+    // while tokens are free and somebody wants more.
+    const bool freed = after.tokens_free > before.tokens_free;
+    const bool caps_lifted = after.claimants < before.claimants || after.wanted < before.wanted ||
+                             after.unstarted < before.unstarted;
+    if ((freed || caps_lifted) && after.tokens_free > 0 && after.wanted > 0) events |= kFollowGrow;
+    // Someone may have to give back: a new claimant, new unmet demand or a
+    // new expected task lowers the share of those holding extras.
+    if (after.claimants > before.claimants || after.wanted > before.wanted || after.unstarted > before.unstarted)
+        events |= kFollowShrink;
+    return events;
+}
+
+// The bit a process's follower always waits on, so that the process can
+// wake it alone (a new lease to follow, exit). Processes whose pids agree
+// modulo 30 share it: a rare spurious wake, nothing more.
+std::uint32_t own_follow_bit() { return 1u << (2 + static_cast<std::uint32_t>(::getpid()) % 30); }
+
+}  // namespace
+
 // Holds the segment mutex; repairs the totals if its last owner died.
 // unlock() may be called early and lock() again (blocked waiters do).
+// Every unlock tells the followers what the critical section changed.
 class Arbiter::Guard {
 public:
     explicit Guard(Arbiter& arbiter) : m_arbiter(arbiter) { lock(); }
@@ -125,7 +179,8 @@ public:
             unlock();
         } catch (...) {
             // A failed futex wake in a destructor: waiters still wake within
-            // their 100 ms slice, so nothing is lost by swallowing it.
+            // their 100 ms slice (followers within their timeout), so
+            // nothing is lost by swallowing it.
         }
     }
     Guard(const Guard&) = delete;
@@ -134,9 +189,11 @@ public:
     void lock() {
         pthread_mutex_t* mutex = &m_arbiter.m_segment->header.mutex;
         int rc = pthread_mutex_lock(mutex);
+        bool repaired = false;
         if (rc == EOWNERDEAD) {
             m_arbiter.repair_after_owner_death();
             pthread_mutex_consistent(mutex);
+            repaired = true;
         } else if (rc == ENOTRECOVERABLE) {
             throw SegmentError("arbiter segment " + m_arbiter.m_path +
                                " is unusable: a process died holding its lock and it was not repaired." +
@@ -145,16 +202,26 @@ public:
             throw SystemError(rc, "lock the arbiter mutex in " + m_arbiter.m_path);
         }
         m_locked = true;
+        m_before = Totals::of(m_arbiter.m_segment->header);
+        if (repaired) m_follow_events = kFollowGrow | kFollowShrink;  // the totals were rebuilt: anything may differ
     }
 
     bool locked() const noexcept { return m_locked; }
 
     void unlock() {
+        Header& h = m_arbiter.m_segment->header;
+        const std::uint32_t events = m_follow_events | policy_events(m_before, Totals::of(h));
+        m_follow_events = 0;
+        // seq_cst, paired with the follower's registration in wait_policy:
+        // either it sees this bump and does not sleep, or we see it registered.
+        if (events != 0) h.policy_seq.fetch_add(1, std::memory_order_seq_cst);
         m_locked = false;
-        pthread_mutex_unlock(&m_arbiter.m_segment->header.mutex);
+        pthread_mutex_unlock(&h.mutex);
+        if (events != 0 && h.policy_sleepers.load(std::memory_order_seq_cst) > 0)
+            futex_wake_bits_shared(reinterpret_cast<std::uint32_t*>(&h.policy_seq), events);
         if (m_wake_pending) {
             m_wake_pending = false;
-            futex_wake_all_shared(reinterpret_cast<std::uint32_t*>(&m_arbiter.m_segment->header.wake_seq));
+            futex_wake_all_shared(reinterpret_cast<std::uint32_t*>(&h.wake_seq));
         }
     }
 
@@ -174,6 +241,8 @@ private:
     Arbiter& m_arbiter;
     bool m_locked = false;        // this guard holds the mutex
     bool m_wake_pending = false;  // futex wake owed after unlock
+    Totals m_before{};            // the header's totals when the mutex was taken
+    std::uint32_t m_follow_events = 0;  // events owed regardless of the totals (a repair)
 };
 
 // Applies a change to one slot and carries its effect into the header's
@@ -622,6 +691,37 @@ void Arbiter::release(std::uint32_t n) {
         me.tokens_explicit -= n;
     });
     if (n > 0) guard.wake_waiters_on_unlock();
+}
+
+// ---------------------------------------------------------------- followers
+
+std::uint32_t Arbiter::policy_seq() const noexcept {
+    return m_segment->header.policy_seq.load(std::memory_order_seq_cst);
+}
+
+void Arbiter::wait_policy(std::uint32_t seen, std::uint32_t interest, std::int64_t timeout_ns) {
+    Header& h = m_segment->header;
+    const std::int64_t now = monotonic_ns();
+    const std::int64_t deadline = timeout_ns > std::numeric_limits<std::int64_t>::max() - now
+                                      ? std::numeric_limits<std::int64_t>::max()
+                                      : now + std::max<std::int64_t>(0, timeout_ns);
+    const std::uint32_t bits = (interest & (kFollowGrow | kFollowShrink)) | own_follow_bit();
+    // Registered before the last look at the word (seq_cst, paired with
+    // Guard::unlock): a waker that bumps it after this look sees us here and
+    // wakes us; one that bumped it before makes the kernel's compare fail.
+    h.policy_sleepers.fetch_add(1, std::memory_order_seq_cst);
+    struct Unregister {
+        Header& h;
+        ~Unregister() { h.policy_sleepers.fetch_sub(1, std::memory_order_seq_cst); }
+    } unregister{h};
+    if (h.policy_seq.load(std::memory_order_seq_cst) != seen) return;
+    futex_wait_bits_shared(reinterpret_cast<std::uint32_t*>(&h.policy_seq), seen, deadline, bits);
+}
+
+void Arbiter::wake_follower() {
+    Header& h = m_segment->header;
+    h.policy_seq.fetch_add(1, std::memory_order_seq_cst);  // a follower about to sleep does not
+    futex_wake_bits_shared(reinterpret_cast<std::uint32_t*>(&h.policy_seq), own_follow_bit());
 }
 
 std::uint32_t Arbiter::tokens_explicit() {

@@ -69,6 +69,10 @@ struct LeaseState {
     std::uint32_t open = 0;            // 1 from lease_open until lease_close
 };
 
+// What a follower waits for (Arbiter::wait_policy; arbiter.cpp, "Followers").
+inline constexpr std::uint32_t kFollowGrow = 1u << 0;    // one of its leases wants more
+inline constexpr std::uint32_t kFollowShrink = 1u << 1;  // one of its leases holds extras
+
 // Outcome of an explicit acquisition attempt.
 enum class AcquireOutcome { granted, timed_out, interrupted };
 
@@ -123,6 +127,18 @@ public:
     // outstanding tasks)). Those without a lease yet count as claimants,
     // so the first task of a pool does not take its siblings' share.
     void set_pool_demand(std::uint32_t tasks);
+
+    // --- followers (arbiter.cpp, "Followers") ---
+    // The segment's policy sequence: read it before refreshing the leases,
+    // then pass it to wait_policy.
+    std::uint32_t policy_seq() const noexcept;
+    // Sleeps until policy_seq() moves on from `seen` with an event in
+    // `interest` (kFollowGrow | kFollowShrink, or 0 for none), this
+    // process's wake_follower(), or `timeout_ns` (< 0: now). Spurious
+    // returns happen; the caller refreshes and looks again.
+    void wait_policy(std::uint32_t seen, std::uint32_t interest, std::int64_t timeout_ns);
+    // Wakes this process's follower, whatever it waits for.
+    void wake_follower();
 
     // --- observation and maintenance ---
     SegmentStats stats();

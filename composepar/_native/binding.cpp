@@ -170,6 +170,8 @@ NB_MODULE(_arbiter, m) {
     m.attr("MAX_CAPACITY") = composepar::kMaxCapacity;
     m.attr("ABI_VERSION") = composepar::kAbiVersion;
     m.attr("SEGMENT_BYTES") = sizeof(composepar::Segment);
+    m.attr("FOLLOW_GROW") = composepar::kFollowGrow;
+    m.attr("FOLLOW_SHRINK") = composepar::kFollowShrink;
 
     nb::register_exception_translator([](const std::exception_ptr& p, void*) {
         try {
@@ -215,6 +217,16 @@ NB_MODULE(_arbiter, m) {
         .def_prop_ro("tokens_extra", [](Lease& l) { return l.state().tokens_extra; })
         .def_prop_ro("extra_wanted", [](Lease& l) { return l.state().extra_wanted; })
         .def_prop_ro("threads", [](Lease& l) { return 1 + l.state().tokens_extra; })
+        .def_prop_ro(
+            "follow_interest",
+            [](Lease& l) {
+                const LeaseState st = l.state();
+                if (!st.open) return std::uint32_t{0};
+                const bool wants = !st.own_token || st.extra_wanted > st.tokens_extra;
+                return (wants ? composepar::kFollowGrow : 0u) | (st.tokens_extra > 0 ? composepar::kFollowShrink : 0u);
+            },
+            "What the policy may change for this lease, as FOLLOW_GROW | FOLLOW_SHRINK bits: it\n"
+            "wants more (overdrawn, or fewer extras than asked) / it holds extras. 0 when closed.")
         .def("__repr__", [](Lease& l) {
             if (!l.is_open()) return std::string("<composepar.Lease closed>");
             const LeaseState st = l.state();
@@ -259,6 +271,11 @@ NB_MODULE(_arbiter, m) {
             },
             "extra_wanted"_a, "pool_owner_pid"_a = 0, nb::keep_alive<0, 1>(), nb::rv_policy::take_ownership)
         .def("set_pool_demand", &Arbiter::set_pool_demand, "tasks"_a)
+        .def_prop_ro("policy_seq", &Arbiter::policy_seq)
+        // Blocks: the GIL goes while it sleeps.
+        .def("wait_policy", &Arbiter::wait_policy, "seen"_a, "interest"_a, "timeout_ns"_a,
+             nb::call_guard<nb::gil_scoped_release>())
+        .def("wake_follower", &Arbiter::wake_follower)
         .def(
             "stats",
             [](Arbiter& self) {

@@ -12,12 +12,12 @@
 //   | Slot[0] .. Slot[kSlotCount) |  one per attached process
 //   +-----------------------------+  sizeof(Segment)
 //
-// Concurrency: everything except Header::wake_seq is read and written only
-// with Header::mutex held (a robust, process-shared pthread mutex). The
-// per-slot fields are the source of truth; the Header totals are caches of
-// sums over slots, recomputed from the slots when a process dies holding
-// the mutex (EOWNERDEAD), so a crash in the middle of an update never loses
-// a token.
+// Concurrency: everything except Header::wake_seq, policy_seq and
+// policy_sleepers is read and written only with Header::mutex held (a
+// robust, process-shared pthread mutex). The per-slot fields are the
+// source of truth; the Header totals are caches of sums over slots,
+// recomputed from the slots when a process dies holding the mutex
+// (EOWNERDEAD), so a crash in the middle of an update never loses a token.
 #pragma once
 
 #include <pthread.h>
@@ -107,6 +107,20 @@ struct Header {
     // segment made before it has zeros there). The clock is the boot's: every
     // process of a segment shares it (the pid rule already asks one kernel).
     std::uint64_t next_sweep_ns;
+
+    // --- event-driven growth: the followers' futex word (arbiter.cpp, "Followers") ---
+    // Bumped (seq_cst, under the mutex) by every critical section whose change
+    // may let a running lease grow or oblige one to give back; a follower
+    // reads it before it refreshes its leases and sleeps on it with
+    // FUTEX_WAIT_BITSET, so a bump after its read makes its wait return at
+    // once. Also bumped (without the mutex) by a process waking its own
+    // follower. Both fields sit in what was tail padding: same size, same
+    // ABI; a segment made before them has zeros, and its older users simply
+    // never wake a follower (followers also wake on a timeout).
+    std::atomic<std::uint32_t> policy_seq;
+    // Followers between their registration and the end of their wait
+    // (seq_cst both sides): a critical section skips the wake syscall when 0.
+    std::atomic<std::uint32_t> policy_sleepers;
 };
 
 struct Segment {
@@ -128,6 +142,8 @@ static_assert(offsetof(Header, mutex) == 40);
 static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64/aarch64 mutex size assumed by the ABI");
 static_assert(offsetof(Header, wake_seq) == 128);
 static_assert(offsetof(Header, next_sweep_ns) == 176);
+static_assert(offsetof(Header, policy_seq) == 184);
+static_assert(offsetof(Header, policy_sleepers) == 188);
 static_assert(sizeof(Header) == 192, "Header layout changed: bump kAbiVersion");
 static_assert(offsetof(Segment, slots) == sizeof(Header));
 

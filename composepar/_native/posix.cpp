@@ -137,6 +137,25 @@ void futex_wake_all_shared(std::uint32_t* word) {
     if (rc < 0) throw SystemError(errno, "futex wake on the arbiter's wake word");
 }
 
+void futex_wait_bits_shared(std::uint32_t* word, std::uint32_t expected, std::int64_t deadline_ns,
+                            std::uint32_t bits) {
+    if (bits == 0) return;  // the kernel refuses an empty bitset (EINVAL)
+    if (deadline_ns < 0) deadline_ns = 0;
+    struct timespec absolute;
+    absolute.tv_sec = static_cast<time_t>(deadline_ns / 1000000000);
+    absolute.tv_nsec = static_cast<long>(deadline_ns % 1000000000);
+    // FUTEX_WAIT_BITSET takes an absolute CLOCK_MONOTONIC deadline (without
+    // FUTEX_CLOCK_REALTIME); shared, as above.
+    long rc = ::syscall(SYS_futex, word, FUTEX_WAIT_BITSET, expected, &absolute, nullptr, bits);
+    if (rc != 0 && errno != EAGAIN && errno != EINTR && errno != ETIMEDOUT)
+        throw SystemError(errno, "futex wait on the arbiter's policy word");
+}
+
+void futex_wake_bits_shared(std::uint32_t* word, std::uint32_t bits) {
+    long rc = ::syscall(SYS_futex, word, FUTEX_WAKE_BITSET, INT_MAX, nullptr, nullptr, bits);
+    if (rc < 0) throw SystemError(errno, "futex wake on the arbiter's policy word");
+}
+
 std::int64_t monotonic_ns() {
     struct timespec now;
     ::clock_gettime(CLOCK_MONOTONIC, &now);

@@ -80,6 +80,13 @@ std::string own_command_name();
 void futex_wait_shared(std::uint32_t* word, std::uint32_t expected, std::int64_t timeout_ns);
 // Wakes every sleeper on a shared futex word.
 void futex_wake_all_shared(std::uint32_t* word);
+// FUTEX_WAIT_BITSET: like futex_wait_shared, but only a wake whose bitset
+// shares a bit with `bits` wakes this sleeper (the kernel filters; see
+// futex(2)). `deadline_ns` is absolute, on CLOCK_MONOTONIC.
+void futex_wait_bits_shared(std::uint32_t* word, std::uint32_t expected, std::int64_t deadline_ns,
+                            std::uint32_t bits);
+// FUTEX_WAKE_BITSET: wakes every sleeper on `word` whose bits meet `bits`.
+void futex_wake_bits_shared(std::uint32_t* word, std::uint32_t bits);
 
 // Nanoseconds on CLOCK_MONOTONIC.
 std::int64_t monotonic_ns();
