@@ -37,6 +37,8 @@ inline constexpr std::uint32_t kAbiVersion = 2;
 inline constexpr std::uint32_t kSlotCount = 4096;
 // The largest capacity a segment accepts (tokens are counted in uint32).
 inline constexpr std::uint32_t kMaxCapacity = 1u << 16;
+// Bytes reserved for Header::mutex, whatever the target's pthread_mutex_t.
+inline constexpr std::size_t kMutexRoom = 64;
 // Byte offset of the fcntl lock that marks slot i as owned by a live
 // process: kSlotLockBase + i. Beyond the end of the file, which is allowed.
 inline constexpr std::int64_t kSlotLockBase = std::int64_t{1} << 30;
@@ -83,7 +85,14 @@ struct Header {
     std::uint32_t owner_uid;           // the only user that may attach
     std::uint32_t retired;             // 1 once `cleanup` unlinked the file: attachers retry
 
-    pthread_mutex_t mutex;  // robust + process-shared; guards every field below and all slots
+    // Robust + process-shared; guards every field below and all slots. Its
+    // size differs between targets (40 bytes on glibc x86-64, 48 on
+    // aarch64): the union reserves kMutexRoom so that every later offset is
+    // the same on every 64-bit Linux target.
+    union {
+        pthread_mutex_t mutex;
+        unsigned char mutex_room[kMutexRoom];
+    };
 
     // Futex word that blocked acquirers sleep on. Bumped (release order,
     // under the mutex) whenever tokens are freed while waiters_total > 0;
@@ -139,7 +148,7 @@ static_assert(offsetof(Header, magic) == 0, "magic must come first");
 static_assert(offsetof(Header, abi_version) == 8);
 static_assert(offsetof(Header, capacity) == 24);
 static_assert(offsetof(Header, mutex) == 40);
-static_assert(sizeof(pthread_mutex_t) == 40, "glibc x86-64/aarch64 mutex size assumed by the ABI");
+static_assert(sizeof(pthread_mutex_t) <= kMutexRoom, "this target's mutex does not fit the room the ABI reserves");
 static_assert(offsetof(Header, wake_seq) == 128);
 static_assert(offsetof(Header, next_sweep_ns) == 176);
 static_assert(offsetof(Header, policy_seq) == 184);
