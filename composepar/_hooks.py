@@ -433,6 +433,29 @@ def _pool_init(original):
     return patched
 
 
+def _after_load(original):
+    """A library loader (ctypes.CDLL, the extension module loader): once it
+    loaded, a caller of GNU OpenMP among the new objects has its parallel
+    regions follow the budget from its first one (_threadpools.library_loaded)."""
+
+    @functools.wraps(original)
+    def patched(*args, **kwargs):
+        result = original(*args, **kwargs)
+        _threadpools.native_pools.library_loaded()
+        return result
+
+    return patched
+
+
+def _patch_ctypes(ctypes):
+    _patch(ctypes.CDLL, "__init__", _after_load)
+
+
+def _patch_extension_loader():
+    """Extension modules load through importlib's ExtensionFileLoader: patched at install()."""
+    _patch(sys.modules["_frozen_importlib_external"].ExtensionFileLoader, "create_module", _after_load)
+
+
 # module name -> its patch, applied once, when the module has been loaded.
 # loky's executor does not derive from the stdlib's: it is patched where it lives.
 _PATCHES = {
@@ -447,6 +470,7 @@ _PATCHES = {
     "joblib.externals.loky.process_executor": functools.partial(_patch_executor, waits=False),
     "loky.process_executor": functools.partial(_patch_executor, waits=False),
     "numba.np.ufunc.parallel": _threadpools.watch_numba_launch,
+    "ctypes": _patch_ctypes,
 }
 _patched_modules = set()  # names in _PATCHES whose patch has run
 
@@ -508,6 +532,8 @@ def install(static=False):
     if _finder in sys.meta_path:
         return
     sys.meta_path.insert(0, _finder)
+    if _threadpools.REGION_HOOKS:
+        _patch_extension_loader()
     for name in _PATCHES:
         module = sys.modules.get(name)
         if module is not None:

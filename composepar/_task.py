@@ -53,7 +53,8 @@ from _thread import start_new_thread
 from . import _config, _demand
 from ._arbiter import Arbiter
 from ._cpus import process_cpus
-from ._threadpools import native_pools
+from ._native import _arbiter as _native
+from ._threadpools import REGION_HOOKS, native_pools
 
 __all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "current_scope", "apply",
            "suspend_current"]
@@ -72,6 +73,7 @@ class _ThreadState(threading.local):
         self.depth = 0  # TaskScopes open in this thread (nested ones reuse the outer lease)
         self.caps = []  # caps of the open composepar.limit() blocks, innermost last
         self.waits = 0  # idle() blocks open in this thread: only the outermost gives tokens back
+        self.regions = None  # this thread's RegionCell (TaskScope.bind_regions), made on first use
 
 
 _thread = _ThreadState()
@@ -169,7 +171,7 @@ class TaskScope:
     """
 
     __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
-                 "_usable", "_native_only", "thread_pools_at", "cap")
+                 "_usable", "_native_only", "thread_pools_at", "cap", "_regions", "_regions_bound")
 
     def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None,
                  native_only=False):
@@ -197,6 +199,12 @@ class TaskScope:
         # could not be enforced there; see follows()).
         self.thread_pools_at = None
         self.cap = min(_thread.caps) if _thread.caps else None  # innermost limit() of the owner thread
+        # The budget the owner thread's GNU OpenMP regions follow (a native
+        # RegionCell, see _native/regions.hpp), made when one is loaded; bound
+        # to the owner thread while the scope holds its tokens. The follower
+        # writes the new budget into it after each refresh.
+        self._regions = None
+        self._regions_bound = False
 
     def budget(self):
         if self._static is not None:
@@ -301,7 +309,8 @@ class TaskScope:
         whose per-thread pools, set at its start, stay within any share it
         could shrink to (they are at 1, or none is loaded)."""
         return (self._lease is not None and (self._usable is None or self._usable > 1)
-                and (self.thread_pools_at is None or self.thread_pools_at <= 1))
+                and (self.thread_pools_at is None or self.thread_pools_at <= 1
+                     or native_pools.per_thread_pools_follow()))
 
     def follow_interest(self):
         """What the policy may change for this scope's lease (Lease.follow_interest); 0 if none."""
@@ -321,6 +330,7 @@ class TaskScope:
             _process.open_scopes -= 1
         _stop_running(self)
         self._give_tokens_back()
+        self.unbind_regions()  # the hooks put back what they changed, then:
         native_pools.restore_thread()  # the scope's own thread: its per-thread pools get the program's values
         _apply_process_budget()
 
@@ -329,6 +339,7 @@ class TaskScope:
         if self._lease is not None or self._explicit:
             _stop_running(self, restore=False)
             self._give_tokens_back()
+            self.unbind_regions()
             _apply_process_budget()
 
     def resume(self):
@@ -347,13 +358,43 @@ class TaskScope:
                 # no longer use go back to the budget (and come back if they grow).
                 lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
             except Exception:  # noqa: BLE001 - closed under us by its own thread: nothing to refresh
-                pass
+                return
+            regions = self._regions
+            if regions is not None:
+                regions.budget = self.budget()  # the owner thread's next OpenMP region follows
+
+    def bind_regions(self, budget):
+        """The calling (owner) thread's GNU OpenMP regions follow `budget` and
+        what the follower writes after it; called after its pools were set."""
+        regions = self._regions
+        if regions is None:
+            regions = _thread.regions
+            if regions is None:
+                regions = _thread.regions = _native.RegionCell()  # one per thread, reused by its scopes
+            self._regions = regions
+        regions.ceiling = native_pools.region_ceiling()
+        regions.budget = budget
+        _native.bind_region_cell(regions)
+        self._regions_bound = True
+
+    def unbind_regions(self):
+        """Before the owner thread's pools are read or set by Python (apply,
+        restore, a wait): the hooks put back the value they changed, unless
+        the program changed it since, so the pools hold what Python left."""
+        if self._regions_bound:
+            self._regions_bound = False
+            _native.bind_region_cell(None)
 
 
 def apply(scope):
     """Sets the calling thread's pools to the scope's budget, and the process's pools."""
     budget = scope.budget()
+    scope.unbind_regions()
     scope.thread_pools_at = budget if native_pools.set_thread_budget(budget) else None
+    if scope._lease is not None and REGION_HOOKS:
+        # A lease's budget moves mid-task: the thread's GNU OpenMP regions
+        # follow it, those of a runtime loaded later in the task included.
+        scope.bind_regions(budget)
     _apply_process_budget()
 
 

@@ -91,6 +91,8 @@ __all__ = ["NativePools", "native_pools"]
 
 # Pools whose threadpoolctl setter acts on the calling thread only.
 _PER_THREAD_APIS = {"openmp"}
+# The region hooks redirect GOT slots: written for these targets' relocations (regions.cpp).
+REGION_HOOKS = os.uname().machine in ("x86_64", "aarch64") and os.environ.get("COMPOSEPAR_REGION_HOOKS", "1") != "0"
 
 # File name prefixes of the libraries threadpoolctl's controllers look for
 # (its filename_prefixes: OpenBLAS, SciPy's OpenBLAS, BLIS, FlexiBLAS, MKL,
@@ -118,6 +120,10 @@ class _Pool:
     # A pthreads OpenBLAS: fork stops its helper threads, and the first call
     # to its setter in either process starts them again (see the module doc).
     restarts_after_fork = False
+    # A GNU OpenMP runtime whose callers' parallel regions go through the
+    # region hooks (_native/regions.hpp): it follows a task's budget at every
+    # region, mid-task, not only at the task's start.
+    follows_by_region = False
 
     def get(self):
         """The pool's count now (the calling thread's, per thread), or None if not started."""
@@ -173,7 +179,7 @@ _NOT_HELD = _NotHeld()
 class _LibraryPool(_Pool):
     """One loaded library that threadpoolctl controls."""
 
-    __slots__ = ("_controller", "_set", "_held", "restarts_after_fork")
+    __slots__ = ("_controller", "_set", "_held", "restarts_after_fork", "follows_by_region")
 
     def __init__(self, controller):
         self._controller = controller  # threadpoolctl.LibController
@@ -195,6 +201,8 @@ class _LibraryPool(_Pool):
                 self._set = real_set
                 self._held = _OpenBLASControl(state)
         self.restarts_after_fork = not self.per_thread and controller.internal_api == "openblas"
+        self.follows_by_region = (REGION_HOOKS and controller.internal_api == "openmp"
+                                  and "libgomp" in os.path.basename(controller.filepath))
 
     def get(self):
         return self._controller.get_num_threads()
@@ -315,6 +323,8 @@ class NativePools:
         # every task start and end: computed once per scan).
         self._any_process_pool = False
         self._any_per_thread_pool = False
+        self._any_region_pool = False  # a GNU OpenMP pool follows by region (_Pool.follows_by_region)
+        self._per_thread_pools_follow = True  # every per-thread pool does (vacuously true without one)
         self._numba_seen = False  # numba's pool was in sys.modules at the last scan
         # Open pool_worker_forks() blocks in this process (>= 0): while > 0,
         # the pools that restart after fork are held at one thread.
@@ -342,6 +352,11 @@ class NativePools:
         changed (most loads are a Python extension module: then nothing is
         redone), or numba's module came or went. Under self.lock."""
         generation, candidates = self._loaded_candidates()
+        if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in candidates):
+            # Every load may bring a caller of GNU OpenMP (a kernel, an extension
+            # module), not only a new runtime: redirect its regions now, before
+            # its first one. O(1) when nothing new was loaded.
+            _native.install_region_hooks()
         parallel = _numba_parallel()
         if candidates != self._candidates or (parallel is not None) != self._numba_seen:
             pools = [_LibraryPool(c) for c in _find_controllers(candidates)]
@@ -352,6 +367,8 @@ class NativePools:
             self._pools = pools
             self._any_process_pool = any(not pool.per_thread for pool in pools)
             self._any_per_thread_pool = any(pool.per_thread for pool in pools)
+            self._any_region_pool = any(pool.follows_by_region for pool in pools)
+            self._per_thread_pools_follow = all(pool.follows_by_region for pool in pools if pool.per_thread)
             self._candidates = candidates
             self._numba_seen = parallel is not None
         self._objects_seen = generation
@@ -378,11 +395,39 @@ class NativePools:
 
     def follows_mid_task(self):
         """True if a task's lease is worth following between its start and end:
-        a per-process pool is loaded (set at every refresh), or no pool yet (the
-        task may load one). False while every pool loaded is per thread: those
-        follow at task starts only."""
+        a per-process pool is loaded (set at every refresh), a GNU OpenMP pool
+        (its regions follow the budget: region hooks), or no pool yet (the task
+        may load one). False while every pool loaded is a per-thread one that
+        follows at task starts only (numba, LLVM's and Intel's OpenMP)."""
         pools = self.pools()
-        return not pools or self._any_process_pool
+        return not pools or self._any_process_pool or self._any_region_pool
+
+    def library_loaded(self):
+        """The program loaded a library (ctypes, an extension module: the
+        launcher's hooks call this): a caller of GNU OpenMP among its objects
+        gets its regions redirected before its first one, mid-task included."""
+        if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in self._loaded_candidates()[1]):
+            _native.install_region_hooks()
+
+    def has_region_pools(self):
+        """True if a GNU OpenMP pool is loaded whose regions follow a task's budget (regions.hpp)."""
+        self.pools()
+        return self._any_region_pool
+
+    def per_thread_pools_follow(self):
+        """True if every per-thread pool loaded follows the budget mid-task
+        (by region), so that a task whose team was set above 1 can still be
+        shrunk: the next region is smaller."""
+        self.pools()
+        return self._per_thread_pools_follow
+
+    def region_ceiling(self):
+        """The program's own value of the calling thread's GNU OpenMP pools
+        (the smallest, as last applied in this thread); 0 if not known yet."""
+        settings = self._thread.settings
+        values = [settings[pool.key].program for pool in self.pools()
+                  if pool.follows_by_region and pool.key in settings and settings[pool.key].program]
+        return min(values) if values else 0
 
     def most_threads(self):
         """The most threads a task of the calling thread could run in the pools

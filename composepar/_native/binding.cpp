@@ -2,6 +2,7 @@
 // composepar::Arbiter. Defaults, argument checks and messages for users
 // live in composepar/_arbiter.py.
 #include "arbiter.hpp"
+#include "regions.hpp"
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
@@ -233,6 +234,26 @@ NB_MODULE(_arbiter, m) {
             return "<composepar.Lease threads=" + std::to_string(1 + st.tokens_extra) +
                    ", own_token=" + (st.own_token ? "True" : "False") + ">";
         });
+
+    // Parallel-region hooks (regions.hpp).
+    nb::class_<composepar::regions::Cell>(m, "RegionCell",
+                                          "A task's budget as its thread's OpenMP region hooks read it.")
+        .def(nb::init<>())
+        .def_prop_rw(
+            "budget", [](composepar::regions::Cell& c) { return c.budget.load(std::memory_order_relaxed); },
+            [](composepar::regions::Cell& c, int v) { c.budget.store(v, std::memory_order_relaxed); },
+            "Threads the task may use now; 0: the hooks change nothing.")
+        .def_prop_rw(
+            "ceiling", [](composepar::regions::Cell& c) { return c.ceiling.load(std::memory_order_relaxed); },
+            [](composepar::regions::Cell& c, int v) { c.ceiling.store(v, std::memory_order_relaxed); },
+            "The program's own OpenMP value at the task's start; 0: the ICV the hooks first see.");
+    // The caller keeps the cell alive while it is bound (_task holds it in the scope).
+    m.def("bind_region_cell", [](composepar::regions::Cell* cell) { composepar::regions::bind_thread(cell); },
+          "cell"_a.none(), "Binds the calling thread's region budget (None: unbinds, putting back what changed).");
+    m.def("install_region_hooks", &composepar::regions::install, nb::call_guard<nb::gil_scoped_release>(),
+          "Redirects the GNU OpenMP region entries of newly loaded objects; returns the slots redirected.");
+    m.def("region_runtimes", &composepar::regions::runtimes, "Paths of the libgomp copies whose callers are redirected.");
+    m.def("regions_seen", &composepar::regions::regions_seen, "Parallel regions that went through the hooks, ever.");
 
     m.def("loaded_objects_generation", &loaded_objects_generation,
           "A number that changes whenever a shared object is loaded or unloaded in this process.");
