@@ -201,8 +201,10 @@ class _LibraryPool(_Pool):
                 self._set = real_set
                 self._held = _OpenBLASControl(state)
         self.restarts_after_fork = not self.per_thread and controller.internal_api == "openblas"
+        # threadpoolctl names OpenMP runtimes by file name prefix; what counts
+        # is the runtime the library's omp_* calls reach (a GNU libgomp copy).
         self.follows_by_region = (REGION_HOOKS and controller.internal_api == "openmp"
-                                  and "libgomp" in os.path.basename(controller.filepath))
+                                  and _native.gnu_openmp(controller.filepath))
 
     def get(self):
         return self._controller.get_num_threads()

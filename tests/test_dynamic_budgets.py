@@ -241,3 +241,63 @@ def test_a_wait_inside_a_wait_leaves_the_tokens_to_the_outer_one(domain):
             assert arbiter.stats().tokens_free == 2  # the inner wait ended, the outer one still waits
         assert arbiter.stats().tokens_free < 2
     assert arbiter.stats().tokens_free == 2
+
+
+# The OpenMP kernel's team size, counted inside each parallel region
+# (omp_team: omp_get_num_threads() in a `single`), not read back from a setting.
+OMP_REGIONS_PROGRAM = """
+    import ctypes, json, multiprocessing, sys, time
+    if sys.argv[3] == "sklearn":
+        import sklearn.cluster  # a second libgomp (the copy its wheel bundles), loaded first
+
+    DEADLINE = 120  # seconds; only a hang reaches it
+    SPIN = 100_000  # per thread and region: short regions, many of them per task
+
+    def init(kernel, grown, observed):
+        global KERNEL, GROWN, OBSERVED
+        KERNEL, GROWN, OBSERVED = kernel, grown, observed
+
+    def regions_until(kernel, threads):
+        teams, end = [], time.monotonic() + DEADLINE
+        while time.monotonic() < end:
+            teams.append(kernel.omp_team(SPIN))  # the team of one real region
+            if teams[-1] == threads:
+                break
+        return teams[-1]
+
+    def task(kind):
+        kernel = ctypes.CDLL(KERNEL)  # loaded inside the task: it follows from its first region
+        if kind == "long":
+            alone = regions_until(kernel, 2)  # the only task: the whole budget
+            GROWN.set()  # the program submits the second task now
+            both = regions_until(kernel, 1)  # a newcomer: its next regions shrink to the share
+            OBSERVED.set()
+            again = regions_until(kernel, 2)  # the newcomer ended: they grow into the freed core
+            return [alone, both, again]
+        team = kernel.omp_team(SPIN)  # the long task holds the machine: one thread
+        OBSERVED.wait(DEADLINE)  # until the long task's regions came down to its share
+        return team
+
+    if __name__ == "__main__":
+        context = multiprocessing.get_context(sys.argv[2])
+        grown, observed = context.Event(), context.Event()
+        with context.Pool(2, initializer=init, initargs=(sys.argv[1], grown, observed)) as pool:
+            long = pool.apply_async(task, ("long",))
+            grown.wait(DEADLINE)
+            short = pool.apply_async(task, ("short",))
+            print(json.dumps([long.get(DEADLINE), short.get(DEADLINE)]))
+"""
+
+
+@pytest.mark.skipif(usable_cpus() < 2, reason="needs 2 usable CPUs: a budget of 1 cannot grow")
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+@pytest.mark.parametrize("loaded", ["nothing-else", "sklearn"])
+def test_openmp_regions_follow_the_budget_mid_task(domain, tmp_path, omp_kernel, method, loaded):
+    """One task of many short OpenMP regions (a kernel built with gcc -fopenmp, loaded inside the
+    task): its team shrinks to its share when a second task arrives and grows back when it ends,
+    from one region to the next, within the task; the second task's first region already has its
+    share. With scikit-learn's own libgomp loaded as well."""
+    if loaded == "sklearn":
+        pytest.importorskip("sklearn")
+    program = write(tmp_path, "regions.py", OMP_REGIONS_PROGRAM)
+    assert launched(domain, program, omp_kernel, method, loaded) == [[2, 1, 2], 1]

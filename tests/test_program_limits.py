@@ -170,6 +170,26 @@ def test_omp_set_num_threads_of_the_program_is_a_ceiling(budget, omp_kernel):
     assert teams == {"program_limit_1": 1, "after": 1, "composepar_1": 1, "changed_inside": 3}
 
 
+OMP_MID_TASK_PROGRAM = """
+    import ctypes, json, composepar
+    omp = ctypes.CDLL({kernel!r})
+    seen = {{}}
+    with composepar.limit():                       # a lease of 2: the regions follow it (region hooks)
+        seen["start"] = omp.omp_team(ctypes.c_long(200000))
+        omp.omp_set_num_threads(1)                  # the program's own limit, mid-task
+        seen["regions_after"] = [omp.omp_team(ctypes.c_long(200000)) for _ in range(3)]
+    seen["kept"] = omp.omp_budget()                # the program's value stays when the task ends
+    print(json.dumps(seen))
+"""
+
+
+def test_a_limit_the_program_sets_between_regions_is_a_ceiling_the_hooks_keep(budget, omp_kernel):
+    """The region hooks set the team at every region; a value the program sets meanwhile is
+    taken as its ceiling, never raised again, and left in place at the end."""
+    seen = run_program(OMP_MID_TASK_PROGRAM.format(kernel=omp_kernel), budget.domain)
+    assert seen == {"start": 2, "regions_after": [1, 1, 1], "kept": 1}
+
+
 NUMBA_PROGRAM = """
     import json, os, numba, numpy
     from numba import njit, prange
@@ -273,16 +293,19 @@ FOLLOWER_PROGRAM = """
 """
 
 
-@pytest.mark.parametrize("runtime", ["openmp", "openblas"])
+@pytest.mark.parametrize("runtime", ["openmp-without-region-hooks", "openmp", "openblas"])
 def test_the_follower_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, runtime):
-    """OpenMP loaded: leases are not refreshed mid-task, so the follower must not wait for events;
-    with OpenBLAS alone it follows the open lease."""
+    """A per-thread runtime alone that cannot follow mid-task (GNU OpenMP with the region hooks
+    off): leases are not refreshed mid-task, so the follower must not wait for events. With the
+    hooks (GNU OpenMP follows at every region) or OpenBLAS alone, it follows the open lease."""
     environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
-    args = [omp_kernel] if runtime == "openmp" else []
+    if runtime == "openmp-without-region-hooks":
+        environ["COMPOSEPAR_REGION_HOOKS"] = "0"
+    args = [omp_kernel] if runtime.startswith("openmp") else []
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(FOLLOWER_PROGRAM), *args], env=environ,
                             capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == (runtime == "openblas")
+    assert json.loads(result.stdout) == (runtime != "openmp-without-region-hooks")
 
 
 FORKED_WORKERS_PROGRAM = """

@@ -477,6 +477,15 @@ std::vector<std::string> runtimes() {
     return paths;
 }
 
+bool gnu_openmp(const std::string& path) {
+    void* handle = dlopen(path.c_str(), RTLD_NOLOAD | RTLD_LAZY);
+    if (handle == nullptr) return false;
+    void* symbol = dlsym(handle, "omp_get_max_threads");
+    dlclose(handle);
+    Dl_info info;
+    return symbol != nullptr && dladdr(symbol, &info) != 0 && info.dli_fname != nullptr && is_gomp(info.dli_fname);
+}
+
 unsigned long long regions_seen() { return g_regions.load(std::memory_order_relaxed); }
 
 }  // namespace composepar::regions
