@@ -369,15 +369,15 @@ def _process_bootstrap(original):
     return patched
 
 
-def _guarded(call):
-    """Runs `call`; a failure becomes one RuntimeWarning, never the program's."""
+def _guarded(call, consequence="this process's main thread runs without a lease"):
+    """Runs `call`; a failure becomes one RuntimeWarning naming `consequence`, never the program's."""
     try:
         call()
-    except Exception as error:  # noqa: BLE001 - the program runs without the lease rather than fail
+    except Exception as error:  # noqa: BLE001 - the program runs without composepar's part rather than fail
         import warnings
 
-        warnings.warn(f"composepar: {call.__name__} failed ({type(error).__name__}: {error}); this process's "
-                      f"main thread runs without a lease", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"composepar: {call.__name__} failed ({type(error).__name__}: {error}); {consequence}",
+                      RuntimeWarning, stacklevel=2)
 
 
 def _patch_process(process):
@@ -441,7 +441,7 @@ def _after_load(original):
     @functools.wraps(original)
     def patched(*args, **kwargs):
         result = original(*args, **kwargs)
-        _threadpools.native_pools.library_loaded()
+        _guarded(_threadpools.native_pools.library_loaded, "the new library's OpenMP regions follow at task starts")
         return result
 
     return patched

@@ -95,6 +95,7 @@ def launch(program, *, threads=None, domain=None, static=False, no_env=False, ve
         static = _config.resolve_flag("COMPOSEPAR_STATIC", static)
         no_env = _config.resolve_flag("COMPOSEPAR_NO_ENV", no_env)
         verbose = _config.resolve_flag("COMPOSEPAR_VERBOSE", verbose)
+        _config.resolve_flag("COMPOSEPAR_NO_REGION_HOOKS")  # read by _threadpools: checked here, once
     except (TypeError, ValueError) as error:
         print(f"composepar: error: {error}", file=sys.stderr)
         return 2

@@ -73,7 +73,6 @@ class _ThreadState(threading.local):
         self.depth = 0  # TaskScopes open in this thread (nested ones reuse the outer lease)
         self.caps = []  # caps of the open composepar.limit() blocks, innermost last
         self.waits = 0  # idle() blocks open in this thread: only the outermost gives tokens back
-        self.regions = None  # this thread's RegionCell (TaskScope.bind_regions), made on first use
 
 
 _thread = _ThreadState()
@@ -106,6 +105,8 @@ _arbiters = {}  # domain -> this process's Arbiter for it, made on first use
 
 def _reset_after_fork():
     global _process, _main_scope, _main_pending
+    if _thread.scope is not None:
+        _thread.scope.unbind_regions()  # the child has no follower to move the parent's budget
     _process = _ProcessState()
     _main_scope = None
     _main_pending = False
@@ -132,6 +133,15 @@ def current_budget():
 
 
 native_pools.thread_budget = current_budget  # a runtime started mid-task gets the task's budget
+
+
+def _reapply_thread():
+    scope = _thread.scope
+    if scope is not None:
+        apply(scope)
+
+
+native_pools.reapply_thread = _reapply_thread
 
 
 def _after_worker_forks():
@@ -368,10 +378,9 @@ class TaskScope:
         what the follower writes after it; called after its pools were set."""
         regions = self._regions
         if regions is None:
-            regions = _thread.regions
-            if regions is None:
-                regions = _thread.regions = _native.RegionCell()  # one per thread, reused by its scopes
-            self._regions = regions
+            # One per scope: the follower may still write a closed scope's
+            # budget into its own cell, never into the next task's.
+            regions = self._regions = _native.RegionCell()
         regions.ceiling = native_pools.region_ceiling()
         regions.budget = budget
         _native.bind_region_cell(regions)
@@ -446,9 +455,8 @@ def wake_follower(interest=None):
     asleep. None: wake it whatever it waits for (pools to set again)."""
     state = _process
     waiting = state.waiting_on
-    if (interest is not None and state.follower is not None and state.wake.is_set()
-            and (waiting is None or waiting[1] & interest == interest)):
-        return  # awake, or asleep for these events already: the common case, without a lock
+    if interest is not None and waiting is not None and waiting[1] & interest == interest:
+        return  # asleep for these events already: the common case, without a lock
     with state.lock:
         state.poked = True  # a follower between its refresh and its wait goes round again
         state.wake.set()

@@ -92,7 +92,8 @@ __all__ = ["NativePools", "native_pools"]
 # Pools whose threadpoolctl setter acts on the calling thread only.
 _PER_THREAD_APIS = {"openmp"}
 # The region hooks redirect GOT slots: written for these targets' relocations (regions.cpp).
-REGION_HOOKS = os.uname().machine in ("x86_64", "aarch64") and os.environ.get("COMPOSEPAR_REGION_HOOKS", "1") != "0"
+# COMPOSEPAR_NO_REGION_HOOKS=1 turns them off (the launcher rejects other values than 0 and 1).
+REGION_HOOKS = os.uname().machine in ("x86_64", "aarch64") and os.environ.get("COMPOSEPAR_NO_REGION_HOOKS") != "1"
 
 # File name prefixes of the libraries threadpoolctl's controllers look for
 # (its filename_prefixes: OpenBLAS, SciPy's OpenBLAS, BLIS, FlexiBLAS, MKL,
@@ -179,7 +180,7 @@ _NOT_HELD = _NotHeld()
 class _LibraryPool(_Pool):
     """One loaded library that threadpoolctl controls."""
 
-    __slots__ = ("_controller", "_set", "_held", "restarts_after_fork", "follows_by_region")
+    __slots__ = ("_controller", "_set", "_held", "restarts_after_fork", "follows_by_region", "runtime")
 
     def __init__(self, controller):
         self._controller = controller  # threadpoolctl.LibController
@@ -201,10 +202,14 @@ class _LibraryPool(_Pool):
                 self._set = real_set
                 self._held = _OpenBLASControl(state)
         self.restarts_after_fork = not self.per_thread and controller.internal_api == "openblas"
-        # threadpoolctl names OpenMP runtimes by file name prefix; what counts
-        # is the runtime the library's omp_* calls reach (a GNU libgomp copy).
-        self.follows_by_region = (REGION_HOOKS and controller.internal_api == "openmp"
-                                  and _native.gnu_openmp(controller.filepath))
+        # threadpoolctl names OpenMP runtimes by file name prefix (a kernel
+        # called libomp_*.so passes for LLVM's libomp); what counts is the
+        # runtime its omp_* calls reach: one ICV per thread and runtime,
+        # whatever the number of files that reach it (see _rescan).
+        self.runtime = (os.path.realpath(_native.openmp_runtime(controller.filepath) or controller.filepath)
+                        if controller.internal_api == "openmp" else None)
+        self.follows_by_region = (REGION_HOOKS and self.runtime is not None
+                                  and "libgomp" in os.path.basename(self.runtime))
 
     def get(self):
         return self._controller.get_num_threads()
@@ -270,9 +275,7 @@ def watch_numba_launch(parallel):
         started = parallel._is_initialized
         original()
         if not started and parallel._is_initialized:
-            budget = native_pools.thread_budget()
-            if budget is not None:
-                native_pools.set_thread_budget(budget)
+            native_pools.reapply_thread()
 
     launch_threads._composepar_original = original
     parallel._launch_threads = launch_threads
@@ -334,6 +337,10 @@ class NativePools:
         # The calling thread's budget now, or None outside any task: set by
         # the task scopes' module (_task), which imports this one.
         self.thread_budget = lambda: None
+        # Sets the calling thread's pools to its task's budget again, as at the
+        # task's start (set by _task, which also keeps the region hooks'
+        # bookkeeping straight around it); nothing outside a task.
+        self.reapply_thread = lambda: None
         # Called when the process's last pool_worker_forks() block exits, to
         # give the lowered pools their budget again (set by _task: it knows
         # the scopes; with none, the program's values come back at once).
@@ -361,7 +368,7 @@ class NativePools:
             _native.install_region_hooks()
         parallel = _numba_parallel()
         if candidates != self._candidates or (parallel is not None) != self._numba_seen:
-            pools = [_LibraryPool(c) for c in _find_controllers(candidates)]
+            pools = _one_per_openmp_runtime([_LibraryPool(c) for c in _find_controllers(candidates)])
             if any(os.path.basename(name).startswith("libtbb.so") for name in candidates):
                 pools.append(_TbbPool())
             if parallel is not None:
@@ -409,7 +416,8 @@ class NativePools:
         launcher's hooks call this): a caller of GNU OpenMP among its objects
         gets its regions redirected before its first one, mid-task included."""
         if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in self._loaded_candidates()[1]):
-            _native.install_region_hooks()
+            with self.lock:  # held across fork: no child inherits the hooks' own lock taken
+                _native.install_region_hooks()
 
     def has_region_pools(self):
         """True if a GNU OpenMP pool is loaded whose regions follow a task's budget (regions.hpp)."""
@@ -554,6 +562,26 @@ def _pool_candidates(names):
     if threadpoolctl is not None:
         prefixes = prefixes + tuple(getattr(threadpoolctl, "_ALL_PREFIXES", ()))  # private in 3.8: read only
     return frozenset(name for name in names if os.path.basename(name).startswith(prefixes))
+
+
+def _one_per_openmp_runtime(pools):
+    """One pool per OpenMP runtime: two files that reach the same runtime
+    (threadpoolctl finds a libomp_*.so kernel beside the libgomp it links)
+    share its ICV, and a second apply would read the first one's value as the
+    program's. The runtime's own file is kept, else the first."""
+    kept, by_runtime = [], {}
+    for pool in pools:
+        runtime = getattr(pool, "runtime", None)
+        if runtime is None:
+            kept.append(pool)
+            continue
+        other = by_runtime.get(runtime)
+        if other is None:
+            by_runtime[runtime] = pool
+            kept.append(pool)
+        elif os.path.realpath(pool._controller.filepath) == runtime:
+            kept[kept.index(other)] = by_runtime[runtime] = pool
+    return kept
 
 
 def _find_controllers(candidates):

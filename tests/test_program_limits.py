@@ -300,7 +300,7 @@ def test_the_follower_sleeps_when_it_has_nothing_to_follow(budget, omp_kernel, r
     hooks (GNU OpenMP follows at every region) or OpenBLAS alone, it follows the open lease."""
     environ = dict(os.environ, COMPOSEPAR_DOMAIN=budget.domain)
     if runtime == "openmp-without-region-hooks":
-        environ["COMPOSEPAR_REGION_HOOKS"] = "0"
+        environ["COMPOSEPAR_NO_REGION_HOOKS"] = "1"
     args = [omp_kernel] if runtime.startswith("openmp") else []
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(FOLLOWER_PROGRAM), *args], env=environ,
                             capture_output=True, text=True, timeout=TIMEOUT)

@@ -11,6 +11,9 @@ the cores the other process's team is waiting on.
     omp_pool4      Pool(4), 2 tasks per worker (P > C on 2 cores: the static split is max(1, C // P) = 1)
     omp_one_busy   Pool(C) given a single, longer task: the static split gives it C // C = 1
                    thread and leaves the idle workers' cores unused; a lease can give it all
+    omp_long_tail  Pool(C), 2C short tasks then one 8x longer: the long one starts beside
+                   the short ones and runs alone once they end; the static split keeps it at
+                   1 thread, composepar grows its team at its next region (region hooks)
 
 libgomp is not fork-safe: this process only runs gcc (in prepare(), or in
 run() if that was skipped) and forks the pool; the kernel is loaded in each
@@ -27,7 +30,7 @@ import numpy as np
 from . import _common, _kernels
 
 DESCRIPTION = ("Pool({workers}), {tasks} task(s) of {regions} OpenMP parallel regions in a row, "
-               "each a reduction of {n} sqrt")
+               "each a reduction of {n} sqrt{tail}")
 LAUNCHES_OWN_PROGRAMS = False
 EXTRA_MODES = ("omp-passive",)
 KERNEL = "omp_regions"
@@ -39,7 +42,8 @@ COMPILE_FLAGS = ("-O2", "-fopenmp", "-shared", "-fPIC")
 # tbb) vary a lot from run to run, as a spinning team waits a whole time slice
 # for a descheduled member at some barriers: the number of regions bounds them.
 def _params(cores, quick, workers, tasks, regions):
-    return {"workers": workers, "tasks": tasks, "regions": regions // 4 if quick else regions, "n": 8000 * cores}
+    return {"workers": workers, "tasks": tasks, "regions": regions // 4 if quick else regions, "n": 8000 * cores,
+            "tail": ""}
 
 
 def params_pool2(cores, quick):
@@ -56,7 +60,15 @@ def params_one_busy(cores, quick):
     return _params(cores, quick, workers=cores, tasks=1, regions=20000)
 
 
-VARIANTS = {"omp_pool2": params_pool2, "omp_pool4": params_pool4, "omp_one_busy": params_one_busy}
+def params_long_tail(cores, quick):
+    p = _params(cores, quick, workers=cores, tasks=2 * cores, regions=2000)
+    p["tail_regions"] = 8 * p["regions"]
+    p["tail"] = f", then one task of {p['tail_regions']}"
+    return p
+
+
+VARIANTS = {"omp_pool2": params_pool2, "omp_pool4": params_pool4, "omp_one_busy": params_one_busy,
+            "omp_long_tail": params_long_tail}
 
 
 def prepare(p):
@@ -92,7 +104,10 @@ def expected_result(seed, regions, n):
 
 
 def _items(p):
-    return [(seed, p["regions"], p["n"]) for seed in range(p["tasks"])]
+    items = [(seed, p["regions"], p["n"]) for seed in range(p["tasks"])]
+    if "tail_regions" in p:
+        items.append((p["tasks"], p["tail_regions"], p["n"]))  # the long one, submitted last
+    return items
 
 
 def tasks(p):

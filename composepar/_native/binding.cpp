@@ -253,8 +253,8 @@ NB_MODULE(_arbiter, m) {
     m.def("install_region_hooks", &composepar::regions::install, nb::call_guard<nb::gil_scoped_release>(),
           "Redirects the GNU OpenMP region entries of newly loaded objects; returns the slots redirected.");
     m.def("region_runtimes", &composepar::regions::runtimes, "Paths of the libgomp copies whose callers are redirected.");
-    m.def("gnu_openmp", &composepar::regions::gnu_openmp, "path"_a,
-          "True if the loaded object at path resolves omp_get_max_threads to a GNU libgomp copy.");
+    m.def("openmp_runtime", &composepar::regions::openmp_runtime, "path"_a,
+          "The path of the object defining the omp_get_max_threads that the loaded object at path reaches.");
     m.def("regions_seen", &composepar::regions::regions_seen, "Parallel regions that went through the hooks, ever.");
 
     m.def("loaded_objects_generation", &loaded_objects_generation,

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <set>
 #include <utility>
 
 namespace composepar::regions {
@@ -45,8 +46,8 @@ enum Entry : int {
     kLoopNonmonotonicRuntime,
     kLoopMaybeNonmonotonicRuntime,
     kSections,                  // void (Body, void*, unsigned, unsigned count, unsigned flags)
-    kParallelStart,             // void (Body, void*, unsigned): GCC < 4.9's pair, with
-    kParallelEnd,               // void (void)
+    kParallelStart,             // void (Body, void*, unsigned): GCC < 4.9 (GOMP_parallel_end ends it)
+    kGetMaxThreads,             // int (void): omp_get_max_threads, the program's read of the ICV
     kEntryCount
 };
 
@@ -63,7 +64,7 @@ constexpr const char* kEntryNames[kEntryCount] = {
     "GOMP_parallel_loop_maybe_nonmonotonic_runtime",
     "GOMP_parallel_sections",
     "GOMP_parallel_start",
-    "GOMP_parallel_end",
+    "omp_get_max_threads",
 };
 
 // One libgomp copy whose callers are redirected. Slots are filled once,
@@ -88,15 +89,18 @@ unsigned long long g_generation_done = ~0ULL;  // loader generation of the last 
 // Objects install() went through, by (load address, name): each is read once
 // (a module's import loads one object; the rest are not walked again). An
 // object no longer loaded is forgotten, so a library loaded again is redone.
-std::vector<std::pair<ElfW(Addr), std::string>> g_done;  // under the mutex
+std::set<std::pair<ElfW(Addr), std::string>> g_done;  // under the mutex
 std::atomic<unsigned long long> g_regions{0};
 
 // The calling thread's view of each runtime in its current task (epoch).
 struct ThreadRuntime {
     unsigned epoch;  // t_epoch when these were last reset
-    int first;       // what unbinding puts back: the ICV when the hook first saw it in this task, or the program's later value
+    int first;       // what unbinding puts back: the ICV when the hook first saw it in this task,
+                     // or the program's later value
     int applied;     // the ICV as the hook last left it
     int ceiling;     // the program's own value
+    bool seen;       // the program read the ICV (omp_get_max_threads) in this task: the ICV then
+                     // changes only at its reads, never between a read and the regions it sized
 };
 thread_local Cell* t_cell = nullptr;
 thread_local unsigned t_epoch = 1;  // 0 in ThreadRuntime: never seen
@@ -107,7 +111,7 @@ ThreadRuntime& observe(int k, const Cell& cell, int current) {
     ThreadRuntime& st = t_runtime[k];
     if (st.epoch != t_epoch) {
         const int ceiling = cell.ceiling.load(std::memory_order_relaxed);
-        st = ThreadRuntime{t_epoch, current, current, ceiling > 0 ? std::max(ceiling, current) : current};
+        st = ThreadRuntime{t_epoch, current, current, ceiling > 0 ? std::max(ceiling, current) : current, false};
     } else if (current != st.applied) {
         // The program set it since: its value is the ceiling now, and what
         // stays when the task ends.
@@ -118,101 +122,90 @@ ThreadRuntime& observe(int k, const Cell& cell, int current) {
     return st;
 }
 
-// What the thread's team may be now for runtime k; 0: leave it alone.
-int wanted(const Cell& cell, const ThreadRuntime& st) {
-    const int budget = cell.budget.load(std::memory_order_relaxed);
-    if (budget <= 0) return 0;
-    return std::max(1, std::min(budget, st.ceiling));
-}
-
-// Before a region: shrink only (see regions.hpp). Returns the num_threads to pass.
-unsigned enter(int k, unsigned requested) {
-    g_regions.fetch_add(1, std::memory_order_relaxed);
+// Sets runtime k's ICV in this thread to the budget (within the ceiling), if
+// it differs; `program_reads` marks it as seen by the program.
+void follow(int k, bool program_reads) {
     Cell* cell = t_cell;
     Runtime& rt = g_runtimes[k];
-    if (cell == nullptr || rt.get_level() != 0) return requested;  // no task here, or a nested region
+    // base is stored (release) after the fields it guards; not seen yet: follow at the next region.
+    if (cell == nullptr || rt.base.load(std::memory_order_acquire) == nullptr || rt.get_level() != 0) return;
     const int current = rt.get_max_threads();
     ThreadRuntime& st = observe(k, *cell, current);
-    const int want = wanted(*cell, st);
-    if (want == 0) return requested;
-    if (requested == 0) {
-        if (want < current) {
+    const int budget = cell->budget.load(std::memory_order_relaxed);
+    if (budget > 0 && (program_reads || !st.seen)) {
+        const int want = std::max(1, std::min(budget, st.ceiling));
+        if (want != current) {
             rt.set_num_threads(want);
             st.applied = want;
         }
-        return 0;
     }
-    return requested > static_cast<unsigned>(want) ? static_cast<unsigned>(want) : requested;
+    if (program_reads) st.seen = true;  // from now on it changes at the program's reads only, in this task
 }
 
-// After a region: the ICV follows the budget, up or down, for the next one.
-void leave(int k) {
-    Cell* cell = t_cell;
-    Runtime& rt = g_runtimes[k];
-    if (cell == nullptr || rt.get_level() != 0) return;
-    const int current = rt.get_max_threads();
-    ThreadRuntime& st = observe(k, *cell, current);
-    const int want = wanted(*cell, st);
-    if (want != 0 && want != current) {
-        rt.set_num_threads(want);
-        st.applied = want;
-    }
+// A region starts with `n` threads asked (0: the ICV's).
+void region(int k, unsigned n) {
+    g_regions.fetch_add(1, std::memory_order_relaxed);
+    if (n == 0) follow(k, false);
 }
 
+// The runtime's own entry. It was stored before any GOT slot pointed at this
+// wrapper; a core that sees the new slot before the entry (weak memory
+// orders, aarch64) waits the few cycles until it sees it too.
 template <class F>
 F real_of(int k, Entry e) {
-    return reinterpret_cast<F>(g_runtimes[k].real[e].load(std::memory_order_acquire));
+    AnyFunction real;
+    while ((real = g_runtimes[k].real[e].load(std::memory_order_acquire)) == nullptr) {
+    }
+    return reinterpret_cast<F>(real);
 }
 
 // --- the wrappers, one set per runtime slot (K) ---
+// A region's team is its ICV at the region's start (or its num_threads
+// clause, never changed). The ICV follows the budget at the start of each
+// region until the program reads it (omp_get_max_threads) in the task; from
+// then on it changes only at the program's reads, so a program that sized
+// its work by what it read gets exactly that team in every region after.
 template <int K>
 void w_parallel(Body fn, void* data, unsigned n, unsigned flags) {
-    n = enter(K, n);
+    region(K, n);
     real_of<void (*)(Body, void*, unsigned, unsigned)>(K, kParallel)(fn, data, n, flags);
-    leave(K);
 }
 
 template <int K>
 unsigned w_parallel_reductions(Body fn, void* data, unsigned n, unsigned flags) {
-    n = enter(K, n);
-    const unsigned result = real_of<unsigned (*)(Body, void*, unsigned, unsigned)>(K, kParallelReductions)(
-        fn, data, n, flags);
-    leave(K);
-    return result;
+    region(K, n);
+    return real_of<unsigned (*)(Body, void*, unsigned, unsigned)>(K, kParallelReductions)(fn, data, n, flags);
 }
 
 template <int K, Entry E>
 void w_loop(Body fn, void* data, unsigned n, long start, long end, long incr, long chunk, unsigned flags) {
-    n = enter(K, n);
+    region(K, n);
     real_of<void (*)(Body, void*, unsigned, long, long, long, long, unsigned)>(K, E)(fn, data, n, start, end, incr,
                                                                                    chunk, flags);
-    leave(K);
 }
 
 template <int K, Entry E>
 void w_loop_runtime(Body fn, void* data, unsigned n, long start, long end, long incr, unsigned flags) {
-    n = enter(K, n);
+    region(K, n);
     real_of<void (*)(Body, void*, unsigned, long, long, long, unsigned)>(K, E)(fn, data, n, start, end, incr, flags);
-    leave(K);
 }
 
 template <int K>
 void w_sections(Body fn, void* data, unsigned n, unsigned count, unsigned flags) {
-    n = enter(K, n);
+    region(K, n);
     real_of<void (*)(Body, void*, unsigned, unsigned, unsigned)>(K, kSections)(fn, data, n, count, flags);
-    leave(K);
 }
 
 template <int K>
 void w_parallel_start(Body fn, void* data, unsigned n) {
-    n = enter(K, n);
+    region(K, n);
     real_of<void (*)(Body, void*, unsigned)>(K, kParallelStart)(fn, data, n);
 }
 
 template <int K>
-void w_parallel_end() {
-    real_of<void (*)()>(K, kParallelEnd)();
-    leave(K);
+int w_get_max_threads() {
+    follow(K, true);  // what it returns is what the program's next region gets
+    return real_of<int (*)()>(K, kGetMaxThreads)();
 }
 
 template <class F>
@@ -234,7 +227,7 @@ void fill_wrappers(AnyFunction (&out)[kEntryCount]) {
     out[kLoopMaybeNonmonotonicRuntime] = any(&w_loop_runtime<K, kLoopMaybeNonmonotonicRuntime>);
     out[kSections] = any(&w_sections<K>);
     out[kParallelStart] = any(&w_parallel_start<K>);
-    out[kParallelEnd] = any(&w_parallel_end<K>);
+    out[kGetMaxThreads] = any(&w_get_max_threads<K>);
 }
 
 struct WrapperTable {
@@ -264,7 +257,7 @@ const WrapperTable& wrappers() {
 }
 
 int entry_of(const char* name) {
-    if (std::strncmp(name, "GOMP_parallel", 13) != 0) return -1;
+    if (std::strncmp(name, "GOMP_parallel", 13) != 0 && std::strcmp(name, "omp_get_max_threads") != 0) return -1;
     for (int e = 0; e < kEntryCount; ++e)
         if (std::strcmp(name, kEntryNames[e]) == 0) return e;
     return -1;
@@ -313,8 +306,8 @@ int runtime_of(AnyFunction real) {
     if (dladdr(reinterpret_cast<void*>(real), &info) == 0 || info.dli_fname == nullptr) return -1;
     const std::string path = info.dli_fname;
     if (!is_gomp(path)) return -1;  // not GNU OpenMP (LLVM's and Intel's GOMP_* shims: not covered)
-    for (int k = 0; k < kMaxRuntimes; ++k)
-        if (g_runtimes[k].base.load(std::memory_order_relaxed) == info.dli_fbase) return k;
+    for (int k = 0; k < kMaxRuntimes; ++k)  // a copy unloaded and another loaded at its address is another runtime
+        if (g_runtimes[k].base.load(std::memory_order_relaxed) == info.dli_fbase) return g_runtimes[k].path == path ? k : -1;
     for (int k = 0; k < kMaxRuntimes; ++k) {
         Runtime& rt = g_runtimes[k];
         if (rt.base.load(std::memory_order_relaxed) != nullptr) continue;
@@ -335,11 +328,25 @@ int runtime_of(AnyFunction real) {
     return -1;  // more than kMaxRuntimes copies: the rest are left alone
 }
 
-// What `object` would call for `name`: its own lookup scope's definition.
-AnyFunction resolve(const Object& object, const char* name) {
+// What `object` calls through `slot` for `name`: the slot's value once the
+// loader bound it (always for GLOB_DAT and with BIND_NOW); for a lazy slot
+// not yet bound (it points into the object's own PLT), what the loader will
+// bind: the global scope first (a runtime loaded RTLD_GLOBAL, such as the
+// libgomp torch loads, wins over the object's own dependencies), then the
+// object's own scope.
+AnyFunction resolve(const Object& object, const char* name, AnyFunction bound) {
+    Dl_info info;
+    if (bound != nullptr && dladdr(reinterpret_cast<void*>(bound), &info) != 0 &&
+        reinterpret_cast<ElfW(Addr)>(info.dli_fbase) != object.base)
+        return bound;
+    if (void* global = dlsym(RTLD_DEFAULT, name)) return reinterpret_cast<AnyFunction>(global);
     void* handle = dlopen(object.name.empty() ? nullptr : object.name.c_str(), RTLD_NOLOAD | RTLD_LAZY);
     if (handle == nullptr) return nullptr;
-    void* symbol = dlsym(handle, name);
+    struct link_map* map = nullptr;
+    void* symbol = nullptr;
+    // The handle must name this very object (not another of the same name).
+    if (dlinfo(handle, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_addr == object.base)
+        symbol = dlsym(handle, name);
     dlclose(handle);
     return reinterpret_cast<AnyFunction>(symbol);
 }
@@ -347,8 +354,11 @@ AnyFunction resolve(const Object& object, const char* name) {
 // Writes `value` into the GOT slot, making a read-only (RELRO) page writable for the store.
 bool write_slot(AnyFunction* slot, AnyFunction value, ElfW(Addr) relro_start, ElfW(Addr) relro_end) {
     const auto address = reinterpret_cast<ElfW(Addr)>(slot);
-    const bool read_only = address >= relro_start && address < relro_end;
     const auto page = static_cast<ElfW(Addr)>(sysconf(_SC_PAGESIZE));
+    // As the loader protects it (_dl_protect_relro): whole pages from the
+    // start's page up to the end rounded *down*; the page the end falls in
+    // stays writable (it holds .data too) and must stay so.
+    const bool read_only = address >= (relro_start & ~(page - 1)) && address < (relro_end & ~(page - 1));
     const ElfW(Addr) first = address & ~(page - 1);
     const std::size_t length = (address + sizeof(AnyFunction) - first + page - 1) & ~(page - 1);
     void* start = reinterpret_cast<void*>(first);
@@ -413,8 +423,9 @@ std::size_t redirect(const Object& object, const void* own_base) {
             const int entry = entry_of(strings + symbols[symbol_index].st_name);
             if (entry < 0) continue;
             auto* slot = reinterpret_cast<AnyFunction*>(object.base + rela.r_offset);
-            if (table.contains(__atomic_load_n(slot, __ATOMIC_RELAXED))) continue;  // redirected already
-            const AnyFunction real = resolve(object, kEntryNames[entry]);
+            const AnyFunction bound = __atomic_load_n(slot, __ATOMIC_ACQUIRE);
+            if (table.contains(bound)) continue;  // redirected already
+            const AnyFunction real = resolve(object, kEntryNames[entry], bound);
             if (real == nullptr) continue;
             const int k = runtime_of(real);
             if (k < 0) continue;
@@ -456,13 +467,12 @@ std::size_t install() {
     if (walk.failed) throw std::bad_alloc();
     Dl_info own;
     const void* own_base = dladdr(reinterpret_cast<void*>(&install), &own) != 0 ? own.dli_fbase : nullptr;
-    std::vector<std::pair<ElfW(Addr), std::string>> done;
-    done.reserve(walk.objects.size());
+    std::set<std::pair<ElfW(Addr), std::string>> done;
     std::size_t redirected = 0;
     for (const Object& object : walk.objects) {
         auto key = std::make_pair(object.base, object.name);
-        if (std::find(g_done.begin(), g_done.end(), key) == g_done.end()) redirected += redirect(object, own_base);
-        done.push_back(std::move(key));
+        if (g_done.count(key) == 0) redirected += redirect(object, own_base);
+        done.insert(std::move(key));
     }
     g_done = std::move(done);
     g_generation_done = walk.generation;
@@ -477,13 +487,14 @@ std::vector<std::string> runtimes() {
     return paths;
 }
 
-bool gnu_openmp(const std::string& path) {
+std::string openmp_runtime(const std::string& path) {
     void* handle = dlopen(path.c_str(), RTLD_NOLOAD | RTLD_LAZY);
-    if (handle == nullptr) return false;
+    if (handle == nullptr) return {};
     void* symbol = dlsym(handle, "omp_get_max_threads");
     dlclose(handle);
     Dl_info info;
-    return symbol != nullptr && dladdr(symbol, &info) != 0 && info.dli_fname != nullptr && is_gomp(info.dli_fname);
+    if (symbol == nullptr || dladdr(symbol, &info) == 0 || info.dli_fname == nullptr) return {};
+    return info.dli_fname;
 }
 
 unsigned long long regions_seen() { return g_regions.load(std::memory_order_relaxed); }

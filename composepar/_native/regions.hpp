@@ -58,9 +58,10 @@ std::size_t install();
 // The libgomp copies whose callers are redirected (their paths).
 std::vector<std::string> runtimes();
 
-// True if the OpenMP runtime that the object at `path` (loaded) resolves
-// omp_get_max_threads to is a GNU libgomp copy: its regions can be hooked.
-bool gnu_openmp(const std::string& path);
+// The path of the object that defines the omp_get_max_threads the loaded
+// object at `path` reaches (its OpenMP runtime: the object itself, or the
+// libgomp/libomp it links); empty if none.
+std::string openmp_runtime(const std::string& path);
 
 // Parallel regions that went through a wrapper, ever (for the tests).
 unsigned long long regions_seen();
