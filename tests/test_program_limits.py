@@ -190,6 +190,50 @@ def test_a_limit_the_program_sets_between_regions_is_a_ceiling_the_hooks_keep(bu
     assert seen == {"start": 2, "regions_after": [1, 1, 1], "kept": 1}
 
 
+OMP_READ_PROGRAM = """
+    import ctypes, json, threading, time, composepar
+    from composepar import _task
+    omp = ctypes.CDLL({kernel!r})
+    spin = ctypes.c_long(200000)
+
+    def until(condition):                          # waits on state, with a deadline
+        end = time.monotonic() + 60
+        while not condition() and time.monotonic() < end:
+            time.sleep(0.005)
+        return condition()
+
+    seen = {{}}
+    with composepar.limit():                       # the whole budget: 2
+        seen["read"] = omp.omp_budget()            # the program reads the ICV (and may size work by it)
+        arrived, done = threading.Event(), threading.Event()
+
+        def newcomer():                            # a second task: the first one's share becomes 1
+            with composepar.limit():
+                arrived.set()
+                done.wait(60)
+
+        thread = threading.Thread(target=newcomer)
+        thread.start()
+        arrived.wait(60)
+        seen["budget_shrank"] = until(lambda: _task.current_budget() == 1)
+        seen["team_after_shrink"] = omp.omp_team(spin)  # what it read, not the new share
+        seen["read_again"] = omp.omp_budget()      # a new read: the budget now
+        seen["team_after_read"] = omp.omp_team(spin)
+        done.set()
+        thread.join(60)
+    print(json.dumps(seen))
+"""
+
+
+def test_a_team_size_the_program_has_read_is_never_changed_behind_its_back(budget, omp_kernel):
+    """With dynamic adjustment off, OpenMP guarantees the team the program read from
+    omp_get_max_threads(): code may split its work by it. Once the task read it, the hooks change
+    the ICV only at the program's next read, never between a read and the regions after it."""
+    seen = run_program(OMP_READ_PROGRAM.format(kernel=omp_kernel), budget.domain)
+    assert seen == {"read": 2, "budget_shrank": True, "team_after_shrink": 2, "read_again": 1,
+                    "team_after_read": 1}
+
+
 NUMBA_PROGRAM = """
     import json, os, numba, numpy
     from numba import njit, prange
