@@ -630,8 +630,26 @@ int main(int argc, char** argv) {
         };
         std::thread checker([&] { guarded("the checker", check_while_running); });
 
+        // A follower (arbiter.cpp, "Followers") sleeps on the policy word
+        // while the workers hammer: ThreadSanitizer sees its reads of the
+        // header's words against the workers' bumps, and the hammering must
+        // wake it (tokens freed while wanted, claimants arriving).
+        std::atomic<std::uint64_t> follower_wakes{0};
+        std::thread follower([&] {
+            guarded("the follower", [&] {
+                Arbiter& arbiter = *handles[1 % kHandleCount];
+                while (Clock::now() < deadline) {
+                    const std::uint32_t seen = arbiter.policy_seq();
+                    arbiter.wait_policy(seen, composepar::kFollowGrow | composepar::kFollowShrink, 20'000'000);
+                    if (arbiter.policy_seq() != seen) follower_wakes.fetch_add(1, std::memory_order_relaxed);
+                }
+            });
+        });
+
         for (std::thread& t : threads) t.join();
         checker.join();
+        follower.join();
+        expect(follower_wakes.load() > 0, "the workers' hammering never moved the policy word a follower waits on");
 
         // Everything was given back: the segment is whole again.
         OpCounts total;
