@@ -6,7 +6,7 @@ or v1 ``cpu.cfs_quota_us / cpu.cfs_period_us``, the tightest limit on the
 path from the process's cgroup to the root, rounded up.
 
 The affinity read is the process's (its main thread's, pid = thread-group
-id), not the calling thread's: ``sched_getaffinity(0)`` in a refresher or a
+id), not the calling thread's: ``sched_getaffinity(0)`` in a follower or a
 pool thread would answer for that thread alone. taskset, cpusets and batch
 schedulers set every thread alike.
 

@@ -57,13 +57,13 @@ worker (in a pool_worker_forks() block, opened by the launcher's hooks)
 first sets such a pool to one thread, the floor of any budget: the worker
 inherits 1, and only a task whose budget is larger calls the setter, which
 it then needs. When the process's last block ends, after_worker_forks()
-(set by _task) gives the parent its budget back: at the refresher's next
-tick if a task runs, at the resume of a waiting one, at once (the
+(set by _task) gives the parent its budget back: at the follower's next
+round if a task runs, at the resume of a waiting one, at once (the
 program's values) if no scope is open. A worker
 keeps its per-process pools between tasks (_task) so that a restart
 happens once.
 
-Scan cost. A scan runs at a task start or a refresher tick after any
+Scan cost. A scan runs at a task start or a follower round after any
 library was loaded, and an import-heavy program loads hundreds (every
 Python extension module is one: dask's import loads ~80). So a scan first
 reads the loaded objects' names from the dynamic loader (one pass, no
@@ -690,7 +690,7 @@ class pool_worker_forks:
     fork): each fork the calling thread makes starts a worker with the pools
     that restart after fork at one thread (module doc), and until the last
     block of the process exits those pools stay at one in this process too,
-    whatever thread applies a budget (the refresher would otherwise raise
+    whatever thread applies a budget (the follower would otherwise raise
     them, and restart their threads, between two forks of one pool). At the
     last exit, after_worker_forks() gives them their budget back."""
 
@@ -759,7 +759,7 @@ def _new_lock_in_child():
 
 
 # Held across fork, so a child never inherits it locked by a thread (the
-# refresher) that does not exist there. Looked up at each fork (lambdas): a
+# follower) that does not exist there. Looked up at each fork (lambdas): a
 # fork child replaces the lock, and its own forks must take the new one.
 os.register_at_fork(before=lambda: native_pools.lock.acquire(), after_in_parent=lambda: native_pools.lock.release(),
                     after_in_child=_new_lock_in_child)

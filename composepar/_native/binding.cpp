@@ -28,7 +28,7 @@ using composepar::LeaseState;
 namespace {
 
 // One lease: the thread's own token plus extras, until close(). The owner
-// thread and a refresher thread may both use it: m_mutex orders them.
+// thread and a follower thread may both use it: m_mutex orders them.
 //
 // Lease calls keep the GIL: they never block for long (the segment mutex
 // guards short critical sections) and re-taking the GIL would cost more
@@ -63,7 +63,7 @@ public:
         m_open = false;
         m_arbiter.lease_close(m_epoch, m_state);
     }
-    // Reads take the mutex too: a refresher may be writing m_state.
+    // Reads take the mutex too: a follower may be writing m_state.
     bool is_open() {
         std::lock_guard<std::mutex> lock(m_mutex);
         return m_open;
