@@ -48,6 +48,7 @@ import atexit
 import os
 import threading
 import warnings
+from time import monotonic as _monotonic
 from _thread import start_new_thread
 
 from . import _config, _demand
@@ -65,6 +66,10 @@ __all__ = ["TaskScope", "Task", "idle", "enter_main_thread", "current_budget", "
 FOLLOW_TIMEOUT_SECONDS = 0.5
 # Leases in two budgets at once: no one wait hears both, so the follower polls.
 POLL_SECONDS = 0.01
+# A lease whose thread used no CPU for this long gives its extra tokens back
+# (TaskScope.idle_now); it asks again at the follower's first round after the
+# thread ran. The kernel counts CPU time in ticks of 10 ms: well below this.
+IDLE_SECONDS = 0.5
 
 
 class _ThreadState(threading.local):
@@ -181,7 +186,8 @@ class TaskScope:
     """
 
     __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
-                 "_usable", "_native_only", "thread_pools_at", "cap", "_regions", "_regions_bound")
+                 "_usable", "_native_only", "thread_pools_at", "cap", "_regions", "_regions_bound", "_thread_id",
+                 "_cpu_seen", "idle")
 
     def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None,
                  native_only=False):
@@ -215,6 +221,13 @@ class TaskScope:
         # writes the new budget into it after each refresh.
         self._regions = None
         self._regions_bound = False
+        # The owner thread's kernel id, and (its CPU ticks, when they last
+        # moved) as the follower last read them (/proc): a thread whose CPU
+        # time stands still for IDLE_SECONDS is not running, and its lease
+        # gives its extras back until it runs again (idle_now).
+        self._thread_id = threading.get_native_id()
+        self._cpu_seen = None
+        self.idle = False
 
     def budget(self):
         if self._static is not None:
@@ -366,12 +379,33 @@ class TaskScope:
             try:
                 # Asked again: if the process's CPUs shrank, the tokens it can
                 # no longer use go back to the budget (and come back if they grow).
-                lease.refresh(self._extra_asked(get_arbiter(self._domain).capacity))
+                asked = 0 if self.idle_now() else self._extra_asked(get_arbiter(self._domain).capacity)
+                lease.refresh(asked)
             except Exception:  # noqa: BLE001 - closed under us by its own thread: nothing to refresh
                 return
             regions = self._regions
             if regions is not None:
                 regions.budget = self.budget()  # the owner thread's next OpenMP region follows
+
+    def idle_now(self):
+        """True if the owner thread has used no CPU for IDLE_SECONDS (it
+        sleeps, or waits somewhere composepar does not know as a wait): the
+        kernel's view, read by the follower from /proc. A thread that runs
+        again is seen at the follower's next round (within FOLLOW_TIMEOUT_SECONDS)."""
+        try:
+            with open(f"/proc/self/task/{self._thread_id}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            return False  # the thread is gone: its scope closes
+        ticks = int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15 of proc(5))
+        now = _monotonic()
+        seen = self._cpu_seen
+        if seen is None or ticks != seen[0]:
+            self._cpu_seen = (ticks, now)
+            self.idle = False
+        elif now - seen[1] >= IDLE_SECONDS:
+            self.idle = True
+        return self.idle
 
     def bind_regions(self, budget):
         """The calling (owner) thread's GNU OpenMP regions follow `budget` and

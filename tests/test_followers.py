@@ -142,3 +142,46 @@ def test_an_idle_launched_program_makes_a_handful_of_wake_ups(tmp_path, domain):
 
     # The follower looks again every FOLLOW_TIMEOUT_SECONDS without an event; the rest is sleep.
     assert switches <= seconds / _task.FOLLOW_TIMEOUT_SECONDS + 4, switches
+
+
+SLEEPER_PROGRAM = """
+    import json, sys, time
+    import numpy                          # OpenBLAS: the main thread holds a lease with an extra
+    from composepar import _task
+
+    numpy.ones(4) @ numpy.ones(4)
+    print("holding", _task.current_budget(), flush=True)
+    sys.stdin.readline()                  # a wait composepar does not know: the thread just sleeps
+    a, end = numpy.ones((300, 300)), time.monotonic() + 60
+    while _task.current_budget() != 2 and time.monotonic() < end:
+        a @ a                             # it runs again: its lease asks for the extra again
+    print("running", _task.current_budget(), flush=True)
+"""
+
+
+def test_a_lease_whose_thread_sleeps_gives_its_extras_back_and_takes_them_when_it_runs(tmp_path, domain):
+    """The kernel's view of the thread (its CPU time in /proc), no hook in the program: a launched
+    program that sleeps while holding the machine shows one token in `status`, not two."""
+    program = tmp_path / "sleeper.py"
+    program.write_text(textwrap.dedent(SLEEPER_PROGRAM))
+    environ = dict(os.environ, COMPOSEPAR_CAPACITY="2")
+    child = subprocess.Popen([sys.executable, "-m", "composepar", "--domain", domain, str(program)], env=environ,
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "holding 2\n"
+        arbiter = Arbiter(domain)
+
+        def held():
+            row = arbiter.stats().process(child.pid)
+            return None if row is None else row.tokens_held
+
+        wait_until(lambda: held() == 1, "the sleeping program's lease to give its extra back", 60)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "running 2\n"
+        child.stdin.close()
+        assert child.wait(60) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
