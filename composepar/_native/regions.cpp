@@ -90,6 +90,18 @@ unsigned long long g_generation_done = ~0ULL;  // loader generation of the last 
 // (a module's import loads one object; the rest are not walked again). An
 // object no longer loaded is forgotten, so a library loaded again is redone.
 std::set<std::pair<ElfW(Addr), std::string>> g_done;  // under the mutex
+
+// Every slot redirected, to look at again at each install(): a thread inside
+// the lazy resolver for that very slot when it was redirected can store the
+// runtime's address over the wrapper afterwards.
+struct Redirect {
+    std::pair<ElfW(Addr), std::string> object;  // its object's key in g_done: looked at only while loaded
+    AnyFunction* slot;
+    AnyFunction wrapper;
+    AnyFunction real;
+    ElfW(Addr) relro_start, relro_end;
+};
+std::vector<Redirect> g_redirects;  // under the mutex
 std::atomic<unsigned long long> g_regions{0};
 
 // The calling thread's view of each runtime in its current task (epoch).
@@ -433,7 +445,11 @@ std::size_t redirect(const Object& object, const void* own_base) {
             if (!g_runtimes[k].real[entry].compare_exchange_strong(expected, real, std::memory_order_release) &&
                 expected != real)
                 continue;  // another definition of the same entry in that copy: leave this caller alone
-            if (write_slot(slot, table.of[k][entry], relro_start, relro_end)) ++redirected;
+            if (write_slot(slot, table.of[k][entry], relro_start, relro_end)) {
+                ++redirected;
+                g_redirects.push_back(Redirect{{object.base, object.name}, slot, table.of[k][entry], real,
+                                               relro_start, relro_end});
+            }
         }
     }
     return redirected;
@@ -471,10 +487,32 @@ std::size_t install() {
     std::size_t redirected = 0;
     for (const Object& object : walk.objects) {
         auto key = std::make_pair(object.base, object.name);
-        if (g_done.count(key) == 0) redirected += redirect(object, own_base);
+        if (g_done.count(key) == 0) {
+            // Pinned while its headers and tables are read: dl_iterate_phdr's
+            // pointers are valid only under the loader's lock, and an object
+            // can go in between (a dlopen that failed after mapping it: TBB's
+            // optional libtbbbind, say; a dlclose). Not loaded any more: skipped.
+            void* pin = dlopen(object.name.empty() ? nullptr : object.name.c_str(), RTLD_NOLOAD | RTLD_LAZY);
+            if (pin == nullptr) continue;
+            struct link_map* map = nullptr;
+            if (dlinfo(pin, RTLD_DI_LINKMAP, &map) == 0 && map != nullptr && map->l_addr == object.base)
+                redirected += redirect(object, own_base);
+            dlclose(pin);
+        }
         done.insert(std::move(key));
     }
     g_done = std::move(done);
+    // Forget the slots of objects unloaded since; redo those the resolver overwrote.
+    std::vector<Redirect> kept;
+    kept.reserve(g_redirects.size());
+    for (Redirect& r : g_redirects) {
+        if (g_done.count(r.object) == 0) continue;
+        if (__atomic_load_n(r.slot, __ATOMIC_ACQUIRE) == r.real &&
+            write_slot(r.slot, r.wrapper, r.relro_start, r.relro_end))
+            ++redirected;
+        kept.push_back(std::move(r));
+    }
+    g_redirects = std::move(kept);
     g_generation_done = walk.generation;
     return redirected;
 }
