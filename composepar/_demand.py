@@ -53,7 +53,6 @@ def _outstanding(pool, workers):
         elif isinstance(result, mp_pool.IMapIterator):
             length = result._length
             # _index counts the results received in order; _unsorted holds those received early.
-            workers = _pools.get(pool, (1, None))[0]
             total += workers if length is None else max(0, length - result._index - len(result._unsorted))
         else:
             total += 0 if result.ready() else 1

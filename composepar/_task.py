@@ -28,14 +28,17 @@ the per-process pools. No event, no wake-up: an idle or steady process
 costs nothing. It also looks again every FOLLOW_TIMEOUT_SECONDS while it
 has a lease to follow (a dead claimant's sweep, a CPU set that shrank).
 
-The follower changes only per-process pools (OpenBLAS with pthreads,
-BLIS, MKL, TBB), which any thread may set and OpenBLAS reads at every
-call, whatever else is loaded. Per-thread pools (OpenMP, numba) can only be
-set from their own thread: they follow the budget at each task start, and
-a task that set them above 1 is not refreshed (a budget that shrank
-mid-task could not be enforced there); one that set them to 1 is, as no
-shrink can take it below 1. A process whose only pools are per thread
-gives the follower no lease to follow.
+The follower sets per-process pools (OpenBLAS with pthreads, BLIS, MKL,
+TBB), which any thread may set and OpenBLAS reads at every call, whatever
+else is loaded. Per-thread pools can only be set from their own thread. GNU
+OpenMP follows anyway: the follower writes the new budget into the scope's
+region cell, and the region hooks (_native/regions.hpp) set the owner
+thread's ICV at its next parallel region. The others (numba, LLVM's and
+Intel's OpenMP) follow at each task start, and a task that set them above 1
+is not refreshed (a budget that shrank mid-task could not be enforced
+there); one that set them to 1 is, as no shrink can take it below 1. A
+process whose only pools are per thread and do not follow by region gives
+the follower no lease to follow.
 
 A task's pools are set to ``min(budget, the program's own value)`` and put
 back when it ends (per-thread ones when the thread's scope closes,
@@ -48,8 +51,8 @@ import atexit
 import os
 import threading
 import warnings
-from time import monotonic as _monotonic
 from _thread import start_new_thread
+from time import monotonic as _monotonic
 
 from . import _config, _demand
 from ._arbiter import Arbiter
@@ -137,10 +140,8 @@ def current_budget():
     return None if scope is None else scope.budget()
 
 
-native_pools.thread_budget = current_budget  # a runtime started mid-task gets the task's budget
-
-
 def _reapply_thread():
+    """A runtime started mid-task (numba's layer) gets the task's budget at once."""
     scope = _thread.scope
     if scope is not None:
         apply(scope)
@@ -187,7 +188,7 @@ class TaskScope:
 
     __slots__ = ("_extra_wanted", "_threads", "_static", "_owner_pid", "_domain", "_lease", "_explicit", "_outer",
                  "_usable", "_native_only", "thread_pools_at", "cap", "_regions", "_regions_bound", "_thread_id",
-                 "_cpu_seen", "idle")
+                 "_cpu_seen")
 
     def __init__(self, extra_wanted=None, threads=None, static_threads=None, owner_pid=0, domain=None,
                  native_only=False):
@@ -227,7 +228,6 @@ class TaskScope:
         # gives its extras back until it runs again (idle_now).
         self._thread_id = threading.get_native_id()
         self._cpu_seen = None
-        self.idle = False
 
     def budget(self):
         if self._static is not None:
@@ -401,11 +401,9 @@ class TaskScope:
         now = _monotonic()
         seen = self._cpu_seen
         if seen is None or ticks != seen[0]:
-            self._cpu_seen = (ticks, now)
-            self.idle = False
-        elif now - seen[1] >= IDLE_SECONDS:
-            self.idle = True
-        return self.idle
+            self._cpu_seen = (ticks, now)  # it ran: idle again only IDLE_SECONDS from now
+            return False
+        return now - seen[1] >= IDLE_SECONDS
 
     def bind_regions(self, budget):
         """The calling (owner) thread's GNU OpenMP regions follow `budget` and

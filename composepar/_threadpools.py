@@ -334,9 +334,6 @@ class NativePools:
         # Open pool_worker_forks() blocks in this process (>= 0): while > 0,
         # the pools that restart after fork are held at one thread.
         self.fork_floor_holds = 0
-        # The calling thread's budget now, or None outside any task: set by
-        # the task scopes' module (_task), which imports this one.
-        self.thread_budget = lambda: None
         # Sets the calling thread's pools to its task's budget again, as at the
         # task's start (set by _task, which also keeps the region hooks'
         # bookkeeping straight around it); nothing outside a task.
@@ -361,11 +358,9 @@ class NativePools:
         changed (most loads are a Python extension module: then nothing is
         redone), or numba's module came or went. Under self.lock."""
         generation, candidates = self._loaded_candidates()
-        if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in candidates):
-            # Every load may bring a caller of GNU OpenMP (a kernel, an extension
-            # module), not only a new runtime: redirect its regions now, before
-            # its first one. O(1) when nothing new was loaded.
-            _native.install_region_hooks()
+        # Every load may bring a caller of GNU OpenMP (a kernel, an extension
+        # module), not only a new runtime: redirect its regions now.
+        self._redirect_regions(candidates)
         parallel = _numba_parallel()
         if candidates != self._candidates or (parallel is not None) != self._numba_seen:
             pools = _one_per_openmp_runtime([_LibraryPool(c) for c in _find_controllers(candidates)])
@@ -415,14 +410,15 @@ class NativePools:
         """The program loaded a library (ctypes, an extension module: the
         launcher's hooks call this): a caller of GNU OpenMP among its objects
         gets its regions redirected before its first one, mid-task included."""
-        if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in self._loaded_candidates()[1]):
+        self._redirect_regions(self._loaded_candidates()[1])
+
+    def _redirect_regions(self, candidates):
+        """Redirects the GNU OpenMP regions of the objects loaded since the
+        last call (regions.hpp), if a libgomp is among the loaded `candidates`.
+        O(1) when nothing was loaded since."""
+        if REGION_HOOKS and any("libgomp" in os.path.basename(name) for name in candidates):
             with self.lock:  # held across fork: no child inherits the hooks' own lock taken
                 _native.install_region_hooks()
-
-    def has_region_pools(self):
-        """True if a GNU OpenMP pool is loaded whose regions follow a task's budget (regions.hpp)."""
-        self.pools()
-        return self._any_region_pool
 
     def per_thread_pools_follow(self):
         """True if every per-thread pool loaded follows the budget mid-task

@@ -252,10 +252,8 @@ NB_MODULE(_arbiter, m) {
           "cell"_a.none(), "Binds the calling thread's region budget (None: unbinds, putting back what changed).");
     m.def("install_region_hooks", &composepar::regions::install, nb::call_guard<nb::gil_scoped_release>(),
           "Redirects the GNU OpenMP region entries of newly loaded objects; returns the slots redirected.");
-    m.def("region_runtimes", &composepar::regions::runtimes, "Paths of the libgomp copies whose callers are redirected.");
     m.def("openmp_runtime", &composepar::regions::openmp_runtime, "path"_a,
           "The path of the object defining the omp_get_max_threads that the loaded object at path reaches.");
-    m.def("regions_seen", &composepar::regions::regions_seen, "Parallel regions that went through the hooks, ever.");
 
     m.def("loaded_objects_generation", &loaded_objects_generation,
           "A number that changes whenever a shared object is loaded or unloaded in this process.");

@@ -14,6 +14,7 @@
 #include <new>
 #include <set>
 #include <utility>
+#include <vector>
 
 namespace composepar::regions {
 
@@ -102,7 +103,6 @@ struct Redirect {
     ElfW(Addr) relro_start, relro_end;
 };
 std::vector<Redirect> g_redirects;  // under the mutex
-std::atomic<unsigned long long> g_regions{0};
 
 // The calling thread's view of each runtime in its current task (epoch).
 struct ThreadRuntime {
@@ -156,7 +156,6 @@ void follow(int k, bool program_reads) {
 
 // A region starts with `n` threads asked (0: the ICV's).
 void region(int k, unsigned n) {
-    g_regions.fetch_add(1, std::memory_order_relaxed);
     if (n == 0) follow(k, false);
 }
 
@@ -517,14 +516,6 @@ std::size_t install() {
     return redirected;
 }
 
-std::vector<std::string> runtimes() {
-    std::lock_guard<std::mutex> lock(g_install_mutex);
-    std::vector<std::string> paths;
-    for (const Runtime& rt : g_runtimes)
-        if (rt.base.load(std::memory_order_relaxed) != nullptr) paths.push_back(rt.path);
-    return paths;
-}
-
 std::string openmp_runtime(const std::string& path) {
     void* handle = dlopen(path.c_str(), RTLD_NOLOAD | RTLD_LAZY);
     if (handle == nullptr) return {};
@@ -535,6 +526,5 @@ std::string openmp_runtime(const std::string& path) {
     return info.dli_fname;
 }
 
-unsigned long long regions_seen() { return g_regions.load(std::memory_order_relaxed); }
 
 }  // namespace composepar::regions

@@ -3,18 +3,16 @@
 //
 // libgomp has no OMPT, so composepar redirects the calls that loaded
 // objects make to it: the GOT slots (JUMP_SLOT and GLOB_DAT relocations) of
-// GOMP_parallel and its combined forms in every loaded object that imports
-// them from a libgomp (the system's, or a copy a wheel bundles under another
-// file name) now point at a wrapper bound to that libgomp. The wrapper
-//
-//   before the region  shrinks the team to the thread's budget: lowers the
-//                      calling thread's nthreads ICV, or a num_threads
-//                      clause above it (a team smaller than asked is
-//                      always allowed: code sized for more threads is safe)
-//   after the region   sets the ICV to the budget, up or down, for the next
-//                      region (growing is done only here: code that reads
-//                      omp_get_max_threads() between two regions to size
-//                      per-thread buffers sees what the next region uses)
+// GOMP_parallel and its combined forms, and of omp_get_max_threads, in every
+// loaded object that imports them from a libgomp (the system's, or a copy a
+// wheel bundles under another file name) now point at a wrapper bound to
+// that libgomp. At the start of each region without a num_threads clause
+// (a clause is never changed) the wrapper sets the calling thread's
+// nthreads ICV to its budget, up or down, until the task's code reads the
+// ICV (omp_get_max_threads); from then on the ICV changes only at the
+// program's reads. With dynamic adjustment off (the default) OpenMP
+// guarantees the team size the program read, and code may split its work
+// by it: a value the program has seen is never changed behind its back.
 //
 // The budget is the calling thread's Cell, bound by the task's scope in its
 // own thread (Python: _task) and written by the follower when the lease
@@ -33,7 +31,6 @@
 #include <atomic>
 #include <cstddef>
 #include <string>
-#include <vector>
 
 namespace composepar::regions {
 
@@ -55,15 +52,9 @@ void bind_thread(Cell* cell);
 // Returns the number of slots redirected by this call.
 std::size_t install();
 
-// The libgomp copies whose callers are redirected (their paths).
-std::vector<std::string> runtimes();
-
 // The path of the object that defines the omp_get_max_threads the loaded
 // object at `path` reaches (its OpenMP runtime: the object itself, or the
 // libgomp/libomp it links); empty if none.
 std::string openmp_runtime(const std::string& path);
-
-// Parallel regions that went through a wrapper, ever (for the tests).
-unsigned long long regions_seen();
 
 }  // namespace composepar::regions
